@@ -1,0 +1,100 @@
+"""Checkpoints: written atomically, read without executing code.
+
+A checkpoint is a plain dict of tensors and plain data (the resolved config, plugin versions,
+RNG states), so it loads with ``torch.load(weights_only=True)``: nothing in it is unpickled as an
+object. It is written to a temporary file in the same folder, fsynced and renamed over the old
+one, so a kill at any moment leaves either the previous checkpoint or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgen import __version__
+from mmgen.errors import CheckpointError
+
+FORMAT = "mmgen-checkpoint-v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (temp file, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch's RNG states (CPU and every CUDA device)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, config: dict, plugins: dict[str, str], model: dict, optimizer: dict,
+                    progress: dict[str, int], extra: dict | None = None) -> None:
+    """Write a training checkpoint atomically."""
+    atomic_save({
+        "format": FORMAT,
+        "mmgen_version": __version__,
+        "config": config,
+        "plugins": plugins,
+        "model": model,
+        "optimizer": optimizer,
+        "progress": progress,
+        "rng": rng_state(),
+        "extra": extra or {},
+    }, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; a missing, truncated or foreign file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mmgen checkpoint (expected format {FORMAT})")
+    return ckpt

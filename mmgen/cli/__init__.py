@@ -1,0 +1,1 @@
+"""The ``mmgen`` command line (Typer + rich). One module per subcommand."""

@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: user errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from mmgen.config import compose, resolve
+from mmgen.errors import ConfigError, MMGenError
+from mmgen.plugins import Plugins, create_plugin_manager
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            if len(exc.errors) == 1:
+                raise fail(f"config: {exc.errors[0]}") from None
+            for e in exc.errors:
+                err_console.print(f"  - {e}", soft_wrap=True, markup=False)
+            raise fail(f"config: {len(exc.errors)} errors (listed above)") from None
+        except MMGenError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+
+    return wrapper
+
+
+def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
+    """A fresh plugin manager; plugin load warnings go to stderr as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plugins = create_plugin_manager(extra_modules)
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+    return plugins
+
+
+def resolved_config(recipe: str | None, config_file: str | None, shortcuts: dict[str, Any],
+                    overrides: list[str] | None) -> tuple[dict[str, Any], Plugins]:
+    """Compose and validate a run config; returns it with the plugins it was resolved against."""
+    raw = compose(recipe, config_file, shortcuts, overrides or [])
+    extra = raw.get("plugins") or []
+    if not isinstance(extra, list):
+        raise ConfigError([f"plugins: expected a list of module paths, got {extra!r}"])
+    plugins = load_plugins([str(m) for m in extra])
+    return resolve(raw, plugins.registry), plugins

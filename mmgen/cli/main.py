@@ -1,0 +1,49 @@
+"""The ``mmgen`` application: built-in commands plus the commands plugins add."""
+
+from __future__ import annotations
+
+import typer
+
+from mmgen import __version__
+from mmgen.cli.config_cmd import config_app, validate
+from mmgen.cli.plugins_cmd import plugins
+from mmgen.cli.train import train
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mmgen {__version__}")
+        raise typer.Exit()
+
+
+def create_app(with_plugin_commands: bool = True) -> typer.Typer:
+    """Build the Typer app; plugins add commands through the ``register_commands`` hook."""
+    app = typer.Typer(
+        name="mmgen",
+        help="Multimodal generative models with latent EBM priors and Langevin inference.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    @app.callback()
+    def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+        """mmgen: train, sample and evaluate multimodal generative models assembled from plugins."""
+
+    app.command()(train)
+    app.command()(plugins)
+    app.command()(validate)
+    app.add_typer(config_app, name="config")
+    if with_plugin_commands:
+        from mmgen.cli.common import load_plugins
+
+        loaded = load_plugins()
+        loaded.manager.hook.register_commands(cli=app)
+    return app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    create_app()()

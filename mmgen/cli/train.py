@@ -1,0 +1,49 @@
+"""``mmgen train``: train a model and write a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmgen.cli import options as o
+from mmgen.cli.common import err_console, load_plugins, resolved_config, user_errors
+from mmgen.config import parse_overrides, resolve
+from mmgen.config import merge_sources
+from mmgen.errors import MMGenError
+
+
+@user_errors
+def train(
+    recipe: o.Recipe = None, prior: o.Prior = None, agg: o.Agg = None, inference: o.Inference = None,
+    data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
+    max_steps: o.MaxSteps = None, batch_size: o.BatchSize = None, seed: o.Seed = None, device: o.Device = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its latest checkpoint.")] = None,
+    overrides: o.Overrides = None,
+) -> None:
+    """Train a model: a recipe, component choices and overrides in, a run directory out.
+
+    The run directory holds config.yaml (fully resolved), checkpoints/ (latest.pt, final.pt),
+    metrics.jsonl and samples/ (PNG grids).
+    """
+    from mmgen.train import resume_config, train as run_training
+
+    short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device)
+    if resume is not None:
+        if recipe or config or prior or agg or inference or data:
+            raise MMGenError("--resume continues a run with its own config; only --epochs, --max-steps and "
+                             "train.* overrides may change")
+        stored = resume_config(resume)
+        extra = [str(p) for p in stored.get("plugins", [])]
+        plugins = load_plugins(extra)
+        changes = parse_overrides([f"{k}={v}" for k, v in short.items()] + list(overrides or []))
+        bad = [k for k in changes if k != "train"]
+        if bad:
+            raise MMGenError(f"--resume: only train.* settings may change, not {', '.join(bad)}")
+        cfg = resolve(merge_sources([stored, changes]), plugins.registry)
+        run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
+    else:
+        cfg, plugins = resolved_config(recipe, config, short, overrides)
+        run_dir = run_training(cfg, plugins, console=err_console)
+    err_console.print(f"[green]done:[/] run directory {run_dir}")

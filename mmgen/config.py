@@ -1,0 +1,299 @@
+"""Run configuration: one schema, one merge order, every error reported at once.
+
+Merge order: dataclass defaults -> recipe YAML (configs/) -> ``--config FILE`` -> CLI shortcuts
+(``--prior ebm``) -> ``key.path=value`` overrides. A component section (``model.prior``,
+``data``, ...) names a registered component with ``name:``; its other keys are validated against
+that component's own config dataclass. When a later source changes a section's ``name``, the
+earlier source's keys for the old component are dropped instead of leaking into the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmgen.errors import ConfigError, MMGenError, did_you_mean
+from mmgen.registry import Registry
+
+#: Config path of each component section -> registry kind.
+COMPONENT_SECTIONS: dict[str, str] = {
+    "data": "dataset",
+    "model.encoder": "encoder",
+    "model.decoder": "decoder",
+    "model.aggregator": "aggregator",
+    "model.prior": "prior",
+    "model.inference": "inference",
+    "model.objective": "objective",
+}
+
+
+@dataclass
+class LikelihoodConfig:
+    """p(x_m | z): family and scale shared by every modality's decoder."""
+
+    family: str = "laplace"
+    scale: float = 0.75
+
+
+@dataclass
+class ModelConfig:
+    """The multimodal model: latent sizes, distribution families and its components."""
+
+    latent_dim: int = 16
+    private_dim: int = 0  # modality-private latents w_m (MMVAE+); 0 = none
+    posterior_family: str = "laplace"
+    scale_param: str = "softmax"
+    likelihood: LikelihoodConfig = field(default_factory=LikelihoodConfig)
+    encoder: dict[str, Any] = field(default_factory=lambda: {"name": "conv"})
+    decoder: dict[str, Any] = field(default_factory=lambda: {"name": "conv"})
+    aggregator: dict[str, Any] = field(default_factory=lambda: {"name": "moe"})
+    prior: dict[str, Any] = field(default_factory=lambda: {"name": "laplace"})
+    inference: dict[str, Any] = field(default_factory=lambda: {"name": "amortized"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "elbo"})
+
+
+@dataclass
+class TrainConfig:
+    """The training loop. ``max_steps`` > 0 stops early; a step is one optimizer update."""
+
+    epochs: int = 5
+    max_steps: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    amsgrad: bool = False
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    log_every: int = 10
+    sample_every: int = 0  # steps between sample grids; 0 = at the end of each epoch
+    checkpoint_every: int = 200  # steps between checkpoints (and at each epoch end)
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    on_nonfinite: str = "stop"  # stop | skip: what a non-finite loss or gradient does
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; ``config.yaml`` in a run directory is this, fully resolved."""
+
+    name: str = "run"
+    seed: int = 0
+    out: str = ""  # run directory; empty = runs/<name>-<timestamp>
+    plugins: list[str] = field(default_factory=list)  # extra plugin modules to import by path
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "default"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.on_nonfinite": ("stop", "skip"),
+    "model.posterior_family": ("gaussian", "laplace"),
+    "model.likelihood.family": ("gaussian", "laplace"),
+    "model.scale_param": ("softplus", "exp", "softmax"),
+}
+POSITIVE = ("model.latent_dim", "train.batch_size", "train.log_every", "train.checkpoint_every",
+            "model.likelihood.scale", "train.lr")
+NONNEGATIVE = ("model.private_dim", "train.epochs", "train.max_steps", "train.sample_every",
+               "train.grad_clip", "train.weight_decay")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+def config_dirs() -> list[Path]:
+    """Where recipes are looked up: ./configs, then the configs/ beside the mmgen package."""
+    here = Path(__file__).resolve().parent.parent / "configs"
+    dirs = [Path.cwd() / "configs", here]
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes found in :func:`config_dirs`."""
+    return sorted({p.stem for d in config_dirs() for p in d.glob("*.yaml")})
+
+
+def find_recipe(recipe: str) -> Path:
+    """Resolve a recipe name (``mmvae``) or path to a YAML file."""
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    for d in config_dirs():
+        if (d / f"{recipe}.yaml").is_file():
+            return d / f"{recipe}.yaml"
+    valid = list_recipes()
+    raise MMGenError(f"unknown recipe '{recipe}'{did_you_mean(recipe, valid)}; available recipes: {', '.join(valid)}")
+
+
+def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping; a missing or malformed file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MMGenError(f"{what} file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:
+        raise MMGenError(f"{what} file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise MMGenError(f"{what} file {path} must hold a mapping of keys, not a {type(loaded).__name__}")
+    return OmegaConf.to_container(loaded)  # type: ignore[return-value]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``key.path=value`` strings to a nested dict (values parsed as YAML scalars)."""
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise MMGenError(f"override '{bad[0]}' is not of the form key.path=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        raise MMGenError(f"cannot parse overrides {overrides}: {str(exc).splitlines()[0]}") from None
+
+
+def _get_path(d: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def merge_sources(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge plain-dict sources in order, dropping a component section's keys when a later
+    source names a different component for it."""
+    merged: dict[str, Any] = {}
+    for source in sources:
+        source = dict(source)
+        for path in COMPONENT_SECTIONS:
+            new = _get_path(source, path)
+            old = _get_path(merged, path)
+            if isinstance(new, dict) and isinstance(old, dict) and "name" in new and new["name"] != old.get("name"):
+                parent, _, key = path.rpartition(".")
+                target = _get_path(merged, parent) if parent else merged
+                target[key] = {}
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(merged), OmegaConf.create(source)))  # type: ignore[assignment]
+    return merged
+
+
+def compose(recipe: str | None = None, config_file: str | None = None,
+            shortcuts: dict[str, Any] | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """Merge every source in order into one raw (not yet validated) dict."""
+    sources: list[dict[str, Any]] = [dataclasses.asdict(RunConfig())]
+    if recipe:
+        sources.append(load_yaml(find_recipe(recipe), "recipe"))
+    if config_file:
+        sources.append(load_yaml(config_file))
+    if shortcuts:
+        sources.append(parse_overrides([f"{k}={v}" for k, v in shortcuts.items() if v is not None]))
+    if overrides:
+        sources.append(parse_overrides(list(overrides)))
+    return merge_sources(sources)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], skip: set[str]) -> None:
+    """Copy ``data`` into the typed ``schema`` leaf by leaf, collecting one error per bad key."""
+    if not isinstance(data, dict):
+        errors.append(f"{path or '<root>'}: expected a mapping of keys, got {data!r}")
+        return
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key_path in skip:
+            continue
+        if key not in schema:
+            valid = [str(k) for k in schema.keys()]
+            errors.append(f"{key_path}: unknown key{did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}")
+            continue
+        if isinstance(value, dict) and isinstance(schema[key], DictConfig):
+            _merge_checked(schema[key], value, key_path, errors, skip)
+            continue
+        try:
+            schema[key] = value
+        except OmegaConfBaseException as exc:
+            expected = type(schema[key]).__name__ if not isinstance(schema[key], ListConfig) else "list"
+            msg = str(exc).splitlines()[0]
+            errors.append(f"{key_path}: invalid value {value!r} (expected {expected}): {msg}")
+
+
+def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, errors: list[str]) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not raw.get("name"):
+        valid = ", ".join(registry.names(kind))
+        errors.append(f"{path}.name: missing; choose a registered {kind}: {valid}")
+        return {}
+    name = raw["name"]
+    try:
+        component = registry.get(kind, str(name))
+    except MMGenError as exc:
+        errors.append(f"{path}.name: {exc}")
+        return dict(raw)
+    params = {k: v for k, v in raw.items() if k != "name"}
+    if component.config is None:
+        if params:
+            errors.append(f"{path}: {kind} '{name}' takes no options, got {', '.join(params)}")
+        return {"name": name}
+    schema = OmegaConf.structured(component.config)
+    OmegaConf.set_struct(schema, True)
+    _merge_checked(schema, params, path, errors, set())
+    return {"name": name, **OmegaConf.to_container(schema)}  # type: ignore[dict-item]
+
+
+def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:
+    for path, valid in CHOICES.items():
+        value = _get_path(cfg, path)
+        if value not in valid:
+            errors.append(f"{path}: invalid value {value!r}; valid: {', '.join(valid)}")
+    for path in POSITIVE:
+        value = _get_path(cfg, path)
+        if isinstance(value, (int, float)) and value <= 0:
+            errors.append(f"{path}: must be > 0, got {value}")
+    for path in NONNEGATIVE:
+        value = _get_path(cfg, path)
+        if isinstance(value, (int, float)) and value < 0:
+            errors.append(f"{path}: must be >= 0, got {value}")
+    if len(_get_path(cfg, "train.betas") or []) != 2:
+        errors.append("train.betas: must be a list of two floats")
+
+
+def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """Validate ``raw`` against the schema and every chosen component's config.
+
+    Returns the fully resolved config as plain data. Raises :class:`ConfigError` listing every
+    problem found, each naming its key path.
+    """
+    errors: list[str] = []
+    schema = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(schema, True)
+    _merge_checked(schema, raw, "", errors, skip=set(COMPONENT_SECTIONS))
+    cfg: dict[str, Any] = OmegaConf.to_container(schema)  # type: ignore[assignment]
+    for path, kind in COMPONENT_SECTIONS.items():
+        parent, _, key = path.rpartition(".")
+        target = _get_path(cfg, parent) if parent else cfg
+        target[key] = _resolve_component(_get_path(raw, path), path, kind, registry, errors)
+    if not errors:
+        _check_ranges(cfg, errors)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def component_config(registry: Registry, kind: str, section: dict[str, Any]) -> Any:
+    """Instantiate a resolved section's config dataclass (``None`` for config-less components)."""
+    component = registry.get(kind, section["name"])
+    if component.config is None:
+        return None
+    params = {k: v for k, v in section.items() if k != "name"}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(component.config), params))
+
+
+def to_yaml(cfg: dict[str, Any]) -> str:
+    """YAML text of a plain config."""
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))

@@ -1,0 +1,41 @@
+"""Errors a user can cause and fix. The CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class MMGenError(Exception):
+    """A problem with the user's input (config, component name, data, checkpoint).
+
+    Its message is complete on its own: what is wrong and what would be valid.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(MMGenError):
+    """One or more configuration errors, each naming its key path."""
+
+    def __init__(self, errors: Iterable[str]):
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+class DataError(MMGenError):
+    """A dataset file is missing, corrupt or inconsistent."""
+
+
+class CheckpointError(MMGenError):
+    """A checkpoint cannot be read or does not match the installed components."""
+
+
+class DivergenceError(MMGenError):
+    """Training produced a non-finite value and the policy is to stop."""
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

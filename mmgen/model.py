@@ -1,0 +1,214 @@
+"""The multimodal model, assembled from registered components.
+
+One class serves every variant in the paper's comparison: MVAE, MMVAE, MoPoE-VAE and MMVAE+ differ
+in the aggregator, prior, objective and whether private latents exist; the paper's model swaps in
+an energy-based prior and Langevin inference. The model owns its loss (SPEC section 1.2) and its
+optimizer parameter groups; the training loop only reads ``.loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmgen import distributions as dist
+from mmgen.config import component_config
+from mmgen.data import Batch, ModalitySpec
+from mmgen.errors import MMGenError
+from mmgen.latent import Aggregator, Inference, Objective, Posterior, Prior, PrivatePosterior
+from mmgen.registry import Registry
+
+
+@dataclass
+class StepOutput:
+    """What one training step computed: the total loss and detached statistics."""
+
+    loss: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MultimodalModel(nn.Module):
+    """Per-modality encoders and decoders around a shared latent z (and optional private w_m)."""
+
+    def __init__(self, modalities: list[ModalitySpec], encoders: list[nn.Module], decoders: list[nn.Module],
+                 aggregator: Aggregator, prior: Prior, inference: Inference, objective: Objective,
+                 latent_dim: int, private_dim: int = 0, posterior_family: str = "laplace",
+                 scale_param: str = "softmax", likelihood_family: str = "laplace", likelihood_scale: float = 0.75):
+        super().__init__()
+        self.modalities = modalities
+        self.encoders = nn.ModuleList(encoders)
+        self.decoders = nn.ModuleList(decoders)
+        self.aggregator, self.prior, self.inference, self.objective = aggregator, prior, inference, objective
+        self.latent_dim, self.private_dim = latent_dim, private_dim
+        self.posterior_family, self.scale_param = posterior_family, scale_param
+        self.likelihood_family, self.likelihood_scale = likelihood_family, likelihood_scale
+        if private_dim:
+            # MMVAE+'s auxiliary prior r(w): learnable scale, used for cross-modal reconstruction.
+            self.aux_log_scale = nn.Parameter(torch.zeros(private_dim))
+
+    @property
+    def num_modalities(self) -> int:
+        return len(self.modalities)
+
+    # -- encoding --------------------------------------------------------------------------------
+    def encode(self, x: list[Tensor], mask: Tensor) -> tuple[Posterior, PrivatePosterior | None]:
+        """The joint posterior of z given the observed modalities (and each q(w_m | x_m))."""
+        d = self.latent_dim
+        locs, raws = zip(*(enc(x_m) for enc, x_m in zip(self.encoders, x)))
+        loc, raw = torch.stack(locs, 1), torch.stack(raws, 1)  # (B, M, D + W)
+        scale_z = dist.scale_from_raw(raw[..., :d], self.scale_param)
+        posterior = self.aggregator(loc[..., :d], scale_z, mask, self.posterior_family)
+        private = None
+        if self.private_dim:
+            scale_w = dist.scale_from_raw(raw[..., d:], self.scale_param)
+            private = PrivatePosterior(loc[..., d:], scale_w, self.posterior_family)
+        return posterior, private
+
+    # -- private latents (MMVAE+) -----------------------------------------------------------------
+    def sample_private(self, private: PrivatePosterior, cover: Tensor, k: int) -> Tensor:
+        """w ``(K, S, B, M, W)``: from q(w_m | x_m) where a stratum covers m, else from r(w)."""
+        own = dist.rsample(private.family, private.loc, private.scale, k)  # (K, B, M, W)
+        aux = dist.rsample(private.family, torch.zeros_like(private.loc), self.aux_scale().expand_as(private.loc), k)
+        return torch.where(cover.unsqueeze(-1).unsqueeze(0), own.unsqueeze(1), aux.unsqueeze(1))
+
+    def aux_scale(self) -> Tensor:
+        return nn.functional.softplus(self.aux_log_scale) + 1e-6 if self.private_dim else torch.ones(0)
+
+    def private_log_ratio(self, private: PrivatePosterior, w: Tensor, cover: Tensor) -> Tensor:
+        """Sum over covered modalities of log p(w_m) - log q(w_m | x_m); ``(K, S, B)``."""
+        fam = private.family
+        log_p = dist.log_prob(fam, w, torch.zeros_like(w), torch.ones_like(w)).sum(-1)
+        log_q = dist.log_prob(fam, w, private.loc, private.scale).sum(-1)  # (K, S, B, M)
+        return ((log_p - log_q) * cover).sum(-1)
+
+    # -- decoding --------------------------------------------------------------------------------
+    def decode(self, m: int, z: Tensor, w: Tensor | None = None) -> Tensor:
+        """Decoder m's location for latents ``(..., D)`` (and ``(..., W)``): ``(..., *shape_m)``."""
+        h = z if w is None else torch.cat([z, w], -1)
+        lead = h.shape[:-1]
+        out = self.decoders[m](h.reshape(-1, h.size(-1)))
+        return out.reshape(*lead, *out.shape[1:])
+
+    def log_likelihood(self, x: list[Tensor], z: Tensor, w: Tensor | None = None) -> Tensor:
+        """log p(x_m | z[, w_m]) for every modality: z ``(..., B, D)`` -> ``(..., B, M)``."""
+        out = []
+        for m, x_m in enumerate(x):
+            loc = self.decode(m, z, None if w is None else w[..., m, :])
+            lp = dist.log_prob(self.likelihood_family, x_m, loc, torch.tensor(self.likelihood_scale, device=loc.device))
+            out.append(lp.flatten(start_dim=lp.dim() - x_m.dim() + 1).sum(-1))
+        return torch.stack(out, -1)
+
+    # -- learning --------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> StepOutput:
+        """The training loss of SPEC section 1.2 on one (device, float) batch.
+
+        Sums the objective's loss (encoder/decoder step, prior frozen), the prior's own loss on
+        posterior vs prior samples, and the generator's MLE loss on refined samples. The terms
+        touch disjoint parameters or detached samples, so one backward pass equals separate steps.
+        """
+        result = self.objective(self, batch)
+        loss, stats = result.loss, dict(result.stats)
+        if self.prior.learns_from_samples or self.inference.generator_step:
+            z0 = result.posterior.sample(1)[0].detach()  # (B, D)
+            refined = self.inference.refine(self, z0, batch, batch.mask)
+            stats.update(refined.stats)
+            z_pos = refined.z.detach()
+            if self.prior.learns_from_samples:
+                z_neg = self.prior.sample(z_pos.size(0), z_pos.device).detach()
+                prior_loss = self.prior.loss(z_pos, z_neg)
+                loss = loss + prior_loss
+                stats["prior_loss"] = prior_loss.detach()
+                stats.update(self.prior.diagnostics())
+            if self.inference.generator_step:
+                w = None
+                if result.private is not None:
+                    w = dist.rsample(result.private.family, result.private.loc, result.private.scale, 1)[0].detach()
+                ll = (self.log_likelihood(batch.x, z_pos, w) * batch.mask).sum(-1).mean()
+                loss = loss - ll
+                stats["generator_ll"] = ll.detach()
+        stats["loss"] = loss.detach()
+        return StepOutput(loss, stats)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The prior's own groups (own learning rate, betas) and one group for the rest."""
+        prior_groups = self.prior.param_groups()
+        prior_ids = {id(p) for g in prior_groups for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in prior_ids]
+        return [{"params": rest}, *prior_groups]
+
+    # -- generation ------------------------------------------------------------------------------
+    def sample_latents(self, n: int, device: torch.device | str) -> tuple[Tensor, Tensor | None]:
+        """z from the prior (Langevin for an EBM) and w from the private prior."""
+        z = self.prior.sample(n, device)
+        w = None
+        if self.private_dim:
+            shape = (n, self.num_modalities, self.private_dim)
+            w = dist.rsample(self.posterior_family, torch.zeros(shape, device=device),
+                             torch.ones(shape, device=device), 1)[0]
+        return z, w
+
+    def decode_all(self, z: Tensor, w: Tensor | None = None) -> list[Tensor]:
+        """Decoded means of every modality for z ``(N, D)``, clamped to [0, 1]."""
+        return [self.decode(m, z, None if w is None else w[:, m]).clamp(0, 1) for m in range(self.num_modalities)]
+
+    @torch.no_grad()
+    def generate(self, n: int, device: torch.device | str = "cpu") -> list[Tensor]:
+        """Unconditional joint samples: M tensors ``(n, *shape_m)``."""
+        z, w = self.sample_latents(n, device)
+        return self.decode_all(z, w)
+
+    @torch.no_grad()
+    def conditional_latents(self, batch: Batch, given: Tensor, refine: bool = True) -> tuple[Tensor, Tensor | None]:
+        """z (and w) for cross-modal generation from the modalities in ``given`` ``(B, M)``.
+
+        With ``refine`` the inference method revises the amortized sample (Langevin "LD refinement");
+        targets' private latents come from the auxiliary prior, given ones from their encoders.
+        """
+        posterior, private = self.encode(batch.x, given)
+        z = posterior.sample(1)[0]
+        if refine:
+            z = self.inference.refine(self, z, batch, given).z
+        w = None
+        if private is not None:
+            own = dist.rsample(private.family, private.loc, private.scale, 1)[0]
+            aux = dist.rsample(private.family, torch.zeros_like(private.loc), self.aux_scale().expand_as(private.loc), 1)[0]
+            w = torch.where(given.unsqueeze(-1), own, aux)
+        return z, w
+
+    @torch.no_grad()
+    def cross_generate(self, batch: Batch, given: Tensor, refine: bool = True) -> list[Tensor]:
+        """Every modality generated from the modalities in ``given`` ``(B, M)``."""
+        return self.decode_all(*self.conditional_latents(batch, given, refine))
+
+
+def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[ModalitySpec]) -> MultimodalModel:
+    """Assemble the model a resolved config describes; builders receive their collaborators."""
+    mcfg = cfg["model"]
+    d, w = mcfg["latent_dim"], mcfg["private_dim"]
+    M = len(modalities)
+
+    def build(kind: str, section: str, *args: Any) -> Any:
+        sec = mcfg[section]
+        return registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+
+    encoders = [build("encoder", "encoder", spec.shape, d + w) for spec in modalities]
+    decoders = [build("decoder", "decoder", spec.shape, d + w) for spec in modalities]
+    aggregator = build("aggregator", "aggregator", M)
+    if mcfg["posterior_family"] not in aggregator.families:
+        raise MMGenError(
+            f"model.posterior_family: aggregator '{mcfg['aggregator']['name']}' needs one of "
+            f"{', '.join(aggregator.families)}, got '{mcfg['posterior_family']}'"
+        )
+    return MultimodalModel(
+        modalities, encoders, decoders,
+        aggregator=aggregator,
+        prior=build("prior", "prior", d),
+        inference=build("inference", "inference"),
+        objective=build("objective", "objective"),
+        latent_dim=d, private_dim=w,
+        posterior_family=mcfg["posterior_family"], scale_param=mcfg["scale_param"],
+        likelihood_family=mcfg["likelihood"]["family"], likelihood_scale=mcfg["likelihood"]["scale"],
+    )

@@ -1,0 +1,74 @@
+"""mmgen's built-in components, registered exactly as a third-party plugin registers its own.
+
+Loaded through the ``mmgen`` entry-point group (name ``builtin``); disable with
+``MMGEN_DISABLE_PLUGINS=builtin``.
+"""
+
+from __future__ import annotations
+
+from mmgen.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_datasets(register):
+    from .datasets.default import DefaultDataConfig, default_dataset
+    from .datasets.polymnist import PolyMNISTConfig, polymnist_dataset
+
+    register("default", default_dataset, DefaultDataConfig,
+             "Offline default: PolyMNIST-format tuples from scikit-learn's digits on procedural textures")
+    register("polymnist", polymnist_dataset, PolyMNISTConfig, "PolyMNIST from disk (PNG folders or tensor files)")
+
+
+@hookimpl
+def register_encoders(register):
+    from .networks.conv import ConvConfig, ConvEncoder
+    from .networks.mlp import MLPConfig, MLPEncoder
+
+    register("conv", ConvEncoder, ConvConfig, "PolyMNIST conv encoder (3 strided convs + linear head)")
+    register("mlp", MLPEncoder, MLPConfig, "Fully connected encoder for any modality shape")
+
+
+@hookimpl
+def register_decoders(register):
+    from .networks.conv import ConvConfig, ConvDecoder
+    from .networks.mlp import MLPConfig, MLPDecoder
+
+    register("conv", ConvDecoder, ConvConfig, "PolyMNIST conv decoder (linear + 3 transposed convs)")
+    register("mlp", MLPDecoder, MLPConfig, "Fully connected decoder for any modality shape")
+
+
+@hookimpl
+def register_aggregators(register):
+    from .aggregators.moe import MoE
+    from .aggregators.mopoe import MoPoE, MoPoEConfig
+    from .aggregators.poe import PoE, PoEConfig
+
+    register("moe", MoE, None, "Mixture of experts (MMVAE), stratified over experts")
+    register("poe", PoE, PoEConfig, "Product of Gaussian experts with the prior expert (MVAE)")
+    register("mopoe", MoPoE, MoPoEConfig, "Mixture of products of experts over all subsets (MoPoE-VAE)")
+
+
+@hookimpl
+def register_priors(register):
+    from .priors.gaussian import FixedPriorConfig, GaussianPrior
+    from .priors.laplace import LaplacePrior
+
+    register("gaussian", GaussianPrior, FixedPriorConfig, "Gaussian N(0, s^2 I), fixed or learned scale")
+    register("laplace", LaplacePrior, FixedPriorConfig, "Laplace(0, s), fixed or learned scale")
+
+
+@hookimpl
+def register_inferences(register):
+    from .inference.amortized import Amortized
+
+    register("amortized", Amortized, None, "The encoder's samples, unchanged")
+
+
+@hookimpl
+def register_objectives(register):
+    from .objectives.elbo import Elbo, ElboConfig, Iwae, IwaeConfig
+
+    register("elbo", Elbo, ElboConfig, "beta-ELBO, stratified over mixture components (MMVAE estimator)")
+    register("iwae", Iwae, IwaeConfig, "Importance-weighted bound with K samples (Burda et al. 2016)")

@@ -1,0 +1,65 @@
+"""Convolutional encoder/decoder for PolyMNIST-size images (3 x 28 x 28).
+
+The architecture of the MMVAE/MoPoE/MMVAE+ PolyMNIST experiments (three strided convolutions,
+a linear head), with the width configurable so CPU-size and paper-size runs share one module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ConvConfig:
+    """Width of the first conv layer (doubled twice) and of the linear layer."""
+
+    hidden: int = 32
+    fc: int = 256
+
+
+def _trunk(channels: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, hidden, 4, 2, 1), nn.SiLU(),  # 28 -> 14
+        nn.Conv2d(hidden, 2 * hidden, 4, 2, 1), nn.SiLU(),  # 14 -> 7
+        nn.Conv2d(2 * hidden, 4 * hidden, 3, 2, 1), nn.SiLU(),  # 7 -> 4
+    )
+
+
+class ConvEncoder(nn.Module):
+    """Image ``(B, C, H, W)`` -> ``(loc, raw_scale)``, each ``(B, out_dim)``."""
+
+    def __init__(self, cfg: ConvConfig, shape: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.trunk = _trunk(shape[0], cfg.hidden)
+        with torch.no_grad():
+            flat = self.trunk(torch.zeros(1, *shape)).numel()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.fc), nn.SiLU(), nn.Linear(cfg.fc, 2 * out_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        loc, raw = self.head(self.trunk(x)).chunk(2, dim=-1)
+        return loc, raw
+
+
+class ConvDecoder(nn.Module):
+    """Latent ``(N, in_dim)`` -> image location ``(N, C, H, W)`` in [0, 1] (sigmoid)."""
+
+    def __init__(self, cfg: ConvConfig, shape: tuple[int, ...], in_dim: int):
+        super().__init__()
+        c, h, w = shape
+        self.shape = shape
+        self.start = (4 * cfg.hidden, -(-h // 8), -(-w // 8))
+        self.fc = nn.Sequential(nn.Linear(in_dim, cfg.fc), nn.SiLU(),
+                                nn.Linear(cfg.fc, self.start[0] * self.start[1] * self.start[2]), nn.SiLU())
+        hid = cfg.hidden
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(4 * hid, 2 * hid, 3, 2, 1), nn.SiLU(),  # 4 -> 7
+            nn.ConvTranspose2d(2 * hid, hid, 4, 2, 1), nn.SiLU(),  # 7 -> 14
+            nn.ConvTranspose2d(hid, c, 4, 2, 1),  # 14 -> 28
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        out = self.deconv(self.fc(z).view(-1, *self.start))
+        return torch.sigmoid(out[..., : self.shape[1], : self.shape[2]])
