@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -138,12 +139,14 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not path.is_file():
         raise MMGenError(f"{what} file not found: {path}")
     try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:
-        raise MMGenError(f"{what} file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(loaded, DictConfig):
+        loaded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MMGenError(f"{what} file {path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
         raise MMGenError(f"{what} file {path} must hold a mapping of keys, not a {type(loaded).__name__}")
-    return OmegaConf.to_container(loaded)  # type: ignore[return-value]
+    return loaded
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:

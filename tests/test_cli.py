@@ -1,0 +1,73 @@
+"""CLI behaviour: help, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from mmgen.cli.main import create_app
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app()
+
+
+def invoke(app, *args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_lists_commands(app):
+    result = invoke(app, "--help")
+    assert result.exit_code == 0
+    for cmd in ("train", "plugins", "validate", "config"):
+        assert cmd in result.output
+    assert "--prior" in invoke(app, "train", "--help").output
+
+
+def test_unknown_prior_exits_2_and_lists_priors(app):
+    result = invoke(app, "train", "--prior", "nosuch")
+    assert result.exit_code == 2
+    assert "unknown prior 'nosuch'" in result.output
+    assert "gaussian" in result.output and "laplace" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_recipe_and_bad_override_exit_2(app):
+    assert invoke(app, "train", "--recipe", "nope").exit_code == 2
+    result = invoke(app, "train", "model.latent_dim=zero")
+    assert result.exit_code == 2 and "model.latent_dim" in result.output
+    result = invoke(app, "train", "train.nosuch=1")
+    assert result.exit_code == 2 and "train.nosuch: unknown key" in result.output
+
+
+def test_bad_option_type_exits_2(app):
+    assert invoke(app, "train", "--epochs", "many").exit_code == 2
+
+
+def test_config_show_prints_resolved_yaml(app):
+    result = invoke(app, "config", "show", "--recipe", "mmvae", "--agg", "mopoe", "model.posterior_family=gaussian")
+    assert result.exit_code == 0, result.output
+    assert "name: mopoe" in result.output and "prior_expert: false" in result.output
+
+
+def test_validate_reports_every_error(app, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  latent_dim: -3\n  prior: {name: laplace, scale: big}\ntrain: {epoch: 3}\n")
+    result = invoke(app, "validate", str(bad))
+    assert result.exit_code == 2
+    assert "model.prior.scale" in result.output and "train.epoch: unknown key" in result.output
+    good = tmp_path / "good.yaml"
+    good.write_text("model: {latent_dim: 8}\n")
+    assert invoke(app, "validate", str(good)).exit_code == 0
+
+
+def test_missing_dataset_path_exits_2(app, tmp_path):
+    result = invoke(app, "train", "--data", f"polymnist:{tmp_path / 'nowhere'}", "--max-steps", "1")
+    assert result.exit_code == 2
+    assert "dataset folder not found" in result.output
+
+
+def test_resume_rejects_missing_run(app, tmp_path):
+    result = invoke(app, "train", "--resume", str(tmp_path))
+    assert result.exit_code == 2 and "checkpoint not found" in result.output

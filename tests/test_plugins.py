@@ -1,0 +1,150 @@
+"""Plugin discovery through real entry points: the example plugin, a broken plugin, disabling."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmgen.cli.main import create_app
+from mmgen.plugins import PluginWarning, create_plugin_manager
+
+from .conftest import REPO
+
+
+def fake_distribution(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str] = {}) -> None:
+    """Install a minimal distribution (dist-info with entry points) into ``site``, as pip would."""
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[mmgen]\n{lines}\n")
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A temporary site directory on sys.path (its distributions are discovered by importlib.metadata)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("mmgen_testplugin")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def example_installed(site, monkeypatch):
+    """The example plugin, through its entry point: installed by pip, or registered here if not."""
+    eps = {ep.name for ep in importlib.metadata.entry_points(group="mmgen")}
+    if "example" not in eps:
+        monkeypatch.syspath_prepend(str(REPO / "plugins" / "example"))
+        fake_distribution(site, "mmgen-example", {"example": "mmgen_example"})
+
+
+def test_example_plugin_discovered_and_usable_in_config(example_installed, tmp_path, tiny_overrides):
+    plugins = create_plugin_manager()
+    gmm = plugins.registry.get("prior", "gmm")
+    assert gmm.plugin == "example"
+    result = CliRunner().invoke(create_app(), ["plugins", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)["components"]
+    assert {"kind": "prior", "name": "gmm", "plugin": "example"}.items() <= next(r for r in rows if r["name"] == "gmm").items()
+    out = tmp_path / "run"
+    result = CliRunner().invoke(create_app(), ["train", "--prior", "gmm", "--max-steps", "3", "--out", str(out),
+                                               *tiny_overrides, "model.prior.components=3"])
+    assert result.exit_code == 0, result.output
+    assert "name: gmm" in (out / "config.yaml").read_text()
+    assert "components: 3" in (out / "config.yaml").read_text()
+
+
+def test_plugin_commands_are_added(example_installed):
+    result = CliRunner().invoke(create_app(), ["example-prior-info", "--components", "4", "--dim", "3"])
+    assert result.exit_code == 0, result.output
+    assert "gmm prior: 24 parameters" in result.output
+
+
+def test_broken_plugin_warns_once_and_everything_else_works(site):
+    fake_distribution(site, "mmgen-testplugin-broken", {"broken": "mmgen_testplugin_broken"},
+                      {"mmgen_testplugin_broken": "raise ImportError('needs libfoo')\n"})
+    with pytest.warns(PluginWarning, match="mmgen plugin 'broken'.*ImportError: needs libfoo") as record:
+        plugins = create_plugin_manager()
+    assert len([w for w in record if issubclass(w.category, PluginWarning)]) == 1
+    assert plugins.broken == {"broken": "ImportError: needs libfoo"}
+    assert "moe" in plugins.registry.names("aggregator")
+    result = CliRunner().invoke(create_app(), ["plugins"])
+    assert result.exit_code == 0
+    assert "moe" in result.stdout and "broken" in result.stdout
+
+
+def test_duplicate_component_from_two_plugins_names_both(site):
+    fake_distribution(site, "mmgen-testplugin-dup", {"dup": "mmgen_testplugin_dup"}, {"mmgen_testplugin_dup": """
+        from mmgen.hookspecs import hookimpl
+        @hookimpl
+        def register_aggregators(register):
+            register("moe", object)
+    """})
+    from mmgen.errors import MMGenError
+    with pytest.raises(MMGenError, match="duplicate aggregator 'moe'.*'builtin'.*'dup'"):
+        create_plugin_manager()
+
+
+def test_misspelled_hook_fails_loudly(site):
+    fake_distribution(site, "mmgen-testplugin-typo", {"typo": "mmgen_testplugin_typo"}, {"mmgen_testplugin_typo": """
+        from mmgen.hookspecs import hookimpl
+        @hookimpl
+        def register_prior(register):
+            pass
+    """})
+    from mmgen.errors import MMGenError
+    with pytest.raises(MMGenError, match="register_prior"):
+        create_plugin_manager()
+
+
+def test_disable_plugins_env(monkeypatch, site):
+    fake_distribution(site, "mmgen-testplugin-broken2", {"broken2": "mmgen_testplugin_broken2"},
+                      {"mmgen_testplugin_broken2": "raise RuntimeError('boom')\n"})
+    monkeypatch.setenv("MMGEN_DISABLE_PLUGINS", "broken2, builtin")
+    plugins = create_plugin_manager()
+    assert plugins.broken == {}
+    assert plugins.registry.names("aggregator") == []
+
+
+def test_config_plugin_list_loads_module(site, tiny_overrides, plugins):
+    (site / "mmgen_testplugin_local.py").write_text(textwrap.dedent("""
+        from mmgen.hookspecs import hookimpl
+        from mmgen_builtin.priors.gaussian import GaussianPrior, FixedPriorConfig
+        __version__ = "9.9"
+        @hookimpl
+        def register_priors(register):
+            register("wide", GaussianPrior, FixedPriorConfig, "A local prior")
+    """))
+    from mmgen.cli.common import resolved_config
+    cfg, loaded = resolved_config(None, None, {}, tiny_overrides + ["plugins=[mmgen_testplugin_local]", "model.prior.name=wide"])
+    assert cfg["model"]["prior"]["name"] == "wide"
+    assert loaded.versions["mmgen_testplugin_local"] == "9.9"
+
+
+def test_engine_imports_no_builtin_component():
+    """mmgen/ reaches components only through the registry: no import of the built-in package."""
+    import ast
+    import subprocess
+
+    offenders = []
+    for path in (REPO / "mmgen").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("mmgen_builtin", "plugins")]
+    assert offenders == []
+    # And at run time: importing every engine module leaves the built-in package unimported.
+    modules = [f"mmgen.{p.relative_to(REPO / 'mmgen').with_suffix('').as_posix().replace('/', '.')}"
+               for p in (REPO / "mmgen").rglob("*.py") if p.name != "__init__.py"]
+    code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('mmgen_builtin' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
