@@ -177,6 +177,10 @@ class Prior(nn.Module, abc.ABC):
         """``n`` samples, ``(n, D)``."""
         ...
 
+    def sample_chain(self, n: int, device: torch.device | str = "cpu") -> Tensor | None:
+        """The states of the sampler's chain ``(K + 1, n, D)``; ``None`` for direct samplers."""
+        return None
+
     def loss(self, z_pos: Tensor, z_neg: Tensor) -> Tensor:
         """The prior's own learning loss from positive and negative samples (EBMs)."""
         return z_pos.new_zeros(())
@@ -197,6 +201,7 @@ class InferenceResult:
 
     z: Tensor  # (B, D)
     stats: dict[str, Tensor] = field(default_factory=dict)
+    chain: Tensor | None = None  # (K + 1, B, D) when the method was asked to keep it
 
 
 class Inference(nn.Module, abc.ABC):
@@ -206,8 +211,11 @@ class Inference(nn.Module, abc.ABC):
     generator_step: bool = False
 
     @abc.abstractmethod
-    def refine(self, model: MultimodalModel, z: Tensor, batch: Batch, mask: Tensor) -> InferenceResult:
-        """Refine ``z`` ``(B, D)`` for the observed modalities ``mask`` ``(B, M)`` of ``batch``."""
+    def refine(self, model: MultimodalModel, z: Tensor, batch: Batch, mask: Tensor,
+               w: Tensor | None = None, keep_chain: bool = False) -> InferenceResult:
+        """Refine ``z`` ``(B, D)`` given the modalities ``mask`` ``(B, M)`` of ``batch`` (and the
+        private latents ``w`` ``(B, M, W)`` when the model has them). ``keep_chain`` asks an
+        iterative method to return its states too."""
         ...
 
 

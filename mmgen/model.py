@@ -69,20 +69,36 @@ class MultimodalModel(nn.Module):
 
     # -- private latents (MMVAE+) -----------------------------------------------------------------
     def sample_private(self, private: PrivatePosterior, cover: Tensor, k: int) -> Tensor:
-        """w ``(K, S, B, M, W)``: from q(w_m | x_m) where a stratum covers m, else from r(w)."""
+        """w ``(K, S, B, M, W)``: from q(w_m | x_m) where a stratum covers m, else from r(w).
+
+        MMVAE+ (Palumbo et al. 2023): a stratum reconstructs its own modalities with their encoded
+        w_m and every other modality with w drawn (reparameterised, so r's scale learns from the
+        cross-modal reconstructions) from the auxiliary prior r(w). ``cover`` is ``(S, B, M)``.
+        """
         own = dist.rsample(private.family, private.loc, private.scale, k)  # (K, B, M, W)
         aux = dist.rsample(private.family, torch.zeros_like(private.loc), self.aux_scale().expand_as(private.loc), k)
         return torch.where(cover.unsqueeze(-1).unsqueeze(0), own.unsqueeze(1), aux.unsqueeze(1))
 
     def aux_scale(self) -> Tensor:
-        return nn.functional.softplus(self.aux_log_scale) + 1e-6 if self.private_dim else torch.ones(0)
+        """Scale ``(W,)`` of the auxiliary prior r(w) = family(0, scale).
+
+        The raw parameter goes through the encoders' own scale map, as in MMVAE+ (softmax(raw) * W
+        for Laplace, softplus for Gaussian), so r starts at the prior p(w)'s scale 1 for Laplace.
+        """
+        if not self.private_dim:
+            return torch.ones(0)
+        return dist.scale_from_raw(self.aux_log_scale, self.scale_param)
 
     def private_log_ratio(self, private: PrivatePosterior, w: Tensor, cover: Tensor) -> Tensor:
-        """Sum over covered modalities of log p(w_m) - log q(w_m | x_m); ``(K, S, B)``."""
+        """Sum over covered modalities of log p(w_m) - log q(w_m | x_m), p(w) = family(0, 1); ``(K, S, B)``.
+
+        Uncovered modalities' w come from r(w) and enter no density (MMVAE+'s bound).
+        """
         fam = private.family
         log_p = dist.log_prob(fam, w, torch.zeros_like(w), torch.ones_like(w)).sum(-1)
         log_q = dist.log_prob(fam, w, private.loc, private.scale).sum(-1)  # (K, S, B, M)
-        return ((log_p - log_q) * cover).sum(-1)
+        # where, not a product: a far-off auxiliary sample must not turn 0 * inf into NaN.
+        return torch.where(cover, log_p - log_q, torch.zeros_like(log_q)).sum(-1)
 
     # -- decoding --------------------------------------------------------------------------------
     def decode(self, m: int, z: Tensor, w: Tensor | None = None) -> Tensor:
@@ -113,7 +129,10 @@ class MultimodalModel(nn.Module):
         loss, stats = result.loss, dict(result.stats)
         if self.prior.learns_from_samples or self.inference.generator_step:
             z0 = result.posterior.sample(1)[0].detach()  # (B, D)
-            refined = self.inference.refine(self, z0, batch, batch.mask)
+            w = None
+            if result.private is not None:
+                w = dist.rsample(result.private.family, result.private.loc, result.private.scale, 1)[0].detach()
+            refined = self.inference.refine(self, z0, batch, batch.mask, w)
             stats.update(refined.stats)
             z_pos = refined.z.detach()
             if self.prior.learns_from_samples:
@@ -123,9 +142,6 @@ class MultimodalModel(nn.Module):
                 stats["prior_loss"] = prior_loss.detach()
                 stats.update(self.prior.diagnostics())
             if self.inference.generator_step:
-                w = None
-                if result.private is not None:
-                    w = dist.rsample(result.private.family, result.private.loc, result.private.scale, 1)[0].detach()
                 ll = (self.log_likelihood(batch.x, z_pos, w) * batch.mask).sum(-1).mean()
                 loss = loss - ll
                 stats["generator_ll"] = ll.detach()
@@ -169,13 +185,13 @@ class MultimodalModel(nn.Module):
         """
         posterior, private = self.encode(batch.x, given)
         z = posterior.sample(1)[0]
-        if refine:
-            z = self.inference.refine(self, z, batch, given).z
         w = None
         if private is not None:
             own = dist.rsample(private.family, private.loc, private.scale, 1)[0]
             aux = dist.rsample(private.family, torch.zeros_like(private.loc), self.aux_scale().expand_as(private.loc), 1)[0]
             w = torch.where(given.unsqueeze(-1), own, aux)
+        if refine:
+            z = self.inference.refine(self, z, batch, given, w).z
         return z, w
 
     @torch.no_grad()

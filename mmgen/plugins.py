@@ -97,6 +97,19 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
     for kind in KINDS:
         hook = getattr(pm.hook, f"register_{kind}s")
         for impl in hook.get_hookimpls():
+            if impl.plugin_name in broken:
+                continue
             register = registry.make_register(kind, impl.plugin_name, versions.get(impl.plugin_name, "unknown"))
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except MMGenError:
+                raise  # a registry contract (duplicate name, ...) is the user's to fix
+            except Exception as exc:
+                broken[impl.plugin_name] = f"{type(exc).__name__} in register_{kind}s: {exc}"
+                warnings.warn(
+                    f"mmgen plugin '{impl.plugin_name}' failed in register_{kind}s and some of its "
+                    f"components are missing: {type(exc).__name__}: {exc}",
+                    PluginWarning,
+                    stacklevel=2,
+                )
     return Plugins(pm, registry, versions, broken)

@@ -26,6 +26,7 @@ from mmgen.errors import CheckpointError, DivergenceError, MMGenError
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
 from mmgen.plugins import Plugins
+from mmgen.run import component_plugins
 
 
 @dataclass
@@ -136,7 +137,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         if is_main:
             save_checkpoint(ckpt_dir / name, config=cfg, plugins=dict(plugins.versions),
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
-                            progress=vars(state))
+                            progress=vars(state), extra={"components": component_plugins(cfg, plugins)})
 
     metrics = (run_dir / "metrics.jsonl").open("a") if is_main else None
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

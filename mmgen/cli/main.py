@@ -7,6 +7,7 @@ import typer
 from mmgen import __version__
 from mmgen.cli.config_cmd import config_app, validate
 from mmgen.cli.plugins_cmd import plugins
+from mmgen.cli.sample import sample
 from mmgen.cli.train import train
 
 
@@ -33,6 +34,7 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
         """mmgen: train, sample and evaluate multimodal generative models assembled from plugins."""
 
     app.command()(train)
+    app.command()(sample)
     app.command()(plugins)
     app.command()(validate)
     app.add_typer(config_app, name="config")

@@ -25,18 +25,22 @@ def register_datasets(register):
 def register_encoders(register):
     from .networks.conv import ConvConfig, ConvEncoder
     from .networks.mlp import MLPConfig, MLPEncoder
+    from .networks.resnet import ResNetConfig, ResNetEncoder
 
     register("conv", ConvEncoder, ConvConfig, "PolyMNIST conv encoder (3 strided convs + linear head)")
     register("mlp", MLPEncoder, MLPConfig, "Fully connected encoder for any modality shape")
+    register("resnet", ResNetEncoder, ResNetConfig, "MMVAE+'s residual PolyMNIST encoder (Palumbo et al. 2023)")
 
 
 @hookimpl
 def register_decoders(register):
     from .networks.conv import ConvConfig, ConvDecoder
     from .networks.mlp import MLPConfig, MLPDecoder
+    from .networks.resnet import ResNetConfig, ResNetDecoder
 
     register("conv", ConvDecoder, ConvConfig, "PolyMNIST conv decoder (linear + 3 transposed convs)")
     register("mlp", MLPDecoder, MLPConfig, "Fully connected decoder for any modality shape")
+    register("resnet", ResNetDecoder, ResNetConfig, "MMVAE+'s residual PolyMNIST decoder (Palumbo et al. 2023)")
 
 
 @hookimpl
@@ -53,22 +57,41 @@ def register_aggregators(register):
 @hookimpl
 def register_priors(register):
     from .priors.gaussian import FixedPriorConfig, GaussianPrior
+    from .priors.ebm import EBMConfig, EBMPrior
     from .priors.laplace import LaplacePrior
 
     register("gaussian", GaussianPrior, FixedPriorConfig, "Gaussian N(0, s^2 I), fixed or learned scale")
     register("laplace", LaplacePrior, FixedPriorConfig, "Laplace(0, s), fixed or learned scale")
+    register("ebm", EBMPrior, EBMConfig, "Latent EBM prior exp(f(z)) N(0, s0^2 I), sampled by Langevin (Pang et al. 2020)")
 
 
 @hookimpl
 def register_inferences(register):
     from .inference.amortized import Amortized
+    from .inference.langevin import LangevinInference, LangevinInferenceConfig
 
     register("amortized", Amortized, None, "The encoder's samples, unchanged")
+    register("langevin", LangevinInference, LangevinInferenceConfig,
+             "Short-run posterior Langevin from the amortized sample (Yuan et al. 2024)")
 
 
 @hookimpl
 def register_objectives(register):
-    from .objectives.elbo import Elbo, ElboConfig, Iwae, IwaeConfig
+    from .objectives.dreg import Dreg
+    from .objectives.elbo import Elbo, ElboConfig
+    from .objectives.iwae import Iwae, IwaeConfig
+    from .objectives.mvae import Mvae, MvaeConfig
 
     register("elbo", Elbo, ElboConfig, "beta-ELBO, stratified over mixture components (MMVAE estimator)")
-    register("iwae", Iwae, IwaeConfig, "Importance-weighted bound with K samples (Burda et al. 2016)")
+    register("iwae", Iwae, IwaeConfig,
+             "Importance-weighted bound with K samples (Burda et al. 2016); looser: MMVAE's m_iwae_looser")
+    register("dreg", Dreg, IwaeConfig,
+             "IWAE with doubly reparameterised encoder gradients (Tucker et al. 2019); looser: m_dreg_looser")
+    register("mvae", Mvae, MvaeConfig, "MVAE's sub-sampled ELBO: joint + unimodal + k random-subset terms")
+
+
+@hookimpl
+def register_commands(cli):
+    from .commands.data import data_app
+
+    cli.add_typer(data_app, name="data")

@@ -13,5 +13,5 @@ class Amortized(Inference):
     def __init__(self, cfg: None = None):
         super().__init__()
 
-    def refine(self, model, z: Tensor, batch, mask) -> InferenceResult:
+    def refine(self, model, z: Tensor, batch, mask, w=None, keep_chain: bool = False) -> InferenceResult:
         return InferenceResult(z)

@@ -1,0 +1,94 @@
+"""The paper's figures as image grids: joint generation, cross generation, generation before vs
+after Langevin refinement, and decoded states along a Langevin chain (SPEC section 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mmgen.data import Batch, MultimodalDataset
+from mmgen.figures import save_grid
+from mmgen.model import MultimodalModel
+
+
+def given_mask(num_modalities: int, given: list[int], n: int, device: torch.device | str) -> Tensor:
+    """``(n, M)`` mask observing only ``given``."""
+    mask = torch.zeros(n, num_modalities, dtype=torch.bool, device=device)
+    mask[:, given] = True
+    return mask
+
+
+@torch.no_grad()
+def joint_rows(model: MultimodalModel, n: int, device: torch.device | str) -> list[Tensor]:
+    """One row per modality of n unconditional samples (prior Langevin for an EBM prior)."""
+    return model.generate(n, device)
+
+
+@torch.no_grad()
+def cross_rows(model: MultimodalModel, batch: Batch, given: list[int], refine: bool = True) -> list[Tensor]:
+    """The given modalities' inputs, then every modality generated from them."""
+    mask = given_mask(model.num_modalities, given, len(batch), batch.mask.device)
+    return [*(batch.x[m] for m in given), *model.cross_generate(batch, mask, refine=refine)]
+
+
+@torch.no_grad()
+def refinement_rows(model: MultimodalModel, batch: Batch, given: list[int]) -> list[Tensor]:
+    """Inputs, then targets decoded from the amortized latent, then from the Langevin-refined one
+    (the same amortized sample before and after refinement)."""
+    mask = given_mask(model.num_modalities, given, len(batch), batch.mask.device)
+    posterior, private = model.encode(batch.x, mask)
+    z0 = posterior.sample(1)[0]
+    w = None
+    if private is not None:
+        w = torch.where(mask.unsqueeze(-1), private.loc, torch.zeros_like(private.loc))
+    z1 = model.inference.refine(model, z0, batch, mask, w).z
+    targets = [m for m in range(model.num_modalities) if m not in given]
+    before, after = model.decode_all(z0, w), model.decode_all(z1, w)
+    return [*(batch.x[m] for m in given), *(before[m] for m in targets), *(after[m] for m in targets)]
+
+
+def chain_rows(model: MultimodalModel, chain: Tensor, every: int, w: Tensor | None = None) -> list[Tensor]:
+    """Decode one chain's states every ``every`` steps: a row per modality, a column per state."""
+    idx = list(range(0, chain.size(0), every))
+    if idx[-1] != chain.size(0) - 1:
+        idx.append(chain.size(0) - 1)
+    z = chain[idx]  # (T, D)
+    ww = None if w is None else w.expand(len(idx), -1, -1)
+    with torch.no_grad():
+        return model.decode_all(z, ww)
+
+
+def save_figures(model: MultimodalModel, test_set: MultimodalDataset, out: Path, device: torch.device | str,
+                 n: int = 8, given: list[int] | None = None, chain: bool = False, every: int = 5) -> list[Path]:
+    """Write joint.png, cross.png, refinement.png (and chain-*.png) to ``out``; return the paths."""
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    M = model.num_modalities
+    batch = test_set.batch(torch.arange(min(n, len(test_set)))).to(device)
+    sources = [given] if given else [[m] for m in range(M)]
+    paths = [save_grid(joint_rows(model, n, device), out / "joint.png")]
+    rows: list[Tensor] = []
+    for src in sources:
+        rows += cross_rows(model, batch, src)
+    paths.append(save_grid(rows, out / "cross.png"))
+    paths.append(save_grid(refinement_rows(model, batch, sources[0]), out / "refinement.png"))
+    if chain:
+        prior_chain = model.prior.sample_chain(1, device)
+        if prior_chain is not None:
+            paths.append(save_grid(chain_rows(model, prior_chain[:, 0], every, _prior_w(model, device)), out / "chain-prior.png"))
+        one = batch.select(slice(0, 1))
+        mask = given_mask(M, sources[0], 1, device)
+        posterior, private = model.encode(one.x, mask)
+        w = None if private is None else torch.where(mask.unsqueeze(-1), private.loc, torch.zeros_like(private.loc))
+        result = model.inference.refine(model, posterior.sample(1)[0], one, mask, w, keep_chain=True)
+        if result.chain is not None:
+            paths.append(save_grid(chain_rows(model, result.chain[:, 0], max(1, every // 3), w), out / "chain-posterior.png"))
+    return paths
+
+
+def _prior_w(model: MultimodalModel, device) -> Tensor | None:
+    if not model.private_dim:
+        return None
+    return torch.zeros(1, model.num_modalities, model.private_dim, device=device)

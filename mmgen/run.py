@@ -1,0 +1,82 @@
+"""Loading a trained run back: config and weights from a checkpoint, components through the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmgen.checkpoint import load_checkpoint
+from mmgen.config import COMPONENT_SECTIONS, _get_path
+from mmgen.data import MultimodalDataset
+from mmgen.errors import CheckpointError, MMGenError
+from mmgen.model import MultimodalModel, build_model
+from mmgen.plugins import Plugins, create_plugin_manager
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the config, plugins and datasets it was trained with."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    plugins: Plugins
+    model: MultimodalModel
+    train_set: MultimodalDataset
+    test_set: MultimodalDataset
+    step: int
+
+
+def component_plugins(cfg: dict[str, Any], plugins: Plugins) -> dict[str, dict[str, str]]:
+    """Which plugin provided each configured component (stored in checkpoints)."""
+    out = {}
+    for path, kind in COMPONENT_SECTIONS.items():
+        name = _get_path(cfg, path)["name"]
+        out[path] = {"kind": kind, "name": name, "plugin": plugins.registry.get(kind, name).plugin}
+    return out
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A run directory (its final, else latest checkpoint) or a checkpoint file."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    for name in ("final.pt", "latest.pt"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    raise CheckpointError(f"no checkpoint in {run} (expected {run}/checkpoints/final.pt or latest.pt)")
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu", data_override: dict[str, Any] | None = None) -> LoadedRun:
+    """Rebuild a run's model from its checkpoint through the registry and load its weights.
+
+    A component whose plugin is not installed is an error naming that plugin.
+    """
+    from mmgen.train import load_datasets
+
+    path = find_checkpoint(run)
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    plugins = create_plugin_manager([str(m) for m in cfg.get("plugins", [])])
+    for section, info in ckpt.get("extra", {}).get("components", {}).items():
+        if info["name"] not in plugins.registry.names(info["kind"]):
+            raise CheckpointError(
+                f"{path}: {section} is {info['kind']} '{info['name']}' from plugin '{info['plugin']}', "
+                f"which is not installed (install the plugin that provides it; installed {info['kind']}s: "
+                f"{', '.join(plugins.registry.names(info['kind']))})"
+            )
+    if data_override:
+        cfg = dict(cfg, data=data_override)
+    train_set, test_set = load_datasets(cfg, plugins)
+    try:
+        model = build_model(cfg, plugins.registry, train_set.modalities)
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0][:200]})") from None
+    except MMGenError:
+        raise
+    model.to(device).eval()
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return LoadedRun(run_dir, cfg, plugins, model, train_set, test_set, ckpt["progress"]["step"])

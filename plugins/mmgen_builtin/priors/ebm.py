@@ -1,0 +1,131 @@
+"""Latent energy-based prior (Pang et al. 2020; Yuan, Lipizzi & Han 2024):
+
+    p_alpha(z) = exp(f_alpha(z)) p0(z) / Z(alpha),    p0 = N(0, sigma0^2 I)
+
+f_alpha is a small MLP. Z(alpha) is never computed: the ELBO needs log p_alpha only up to a
+constant, sampling uses short-run Langevin dynamics from p0, and f_alpha learns by maximum
+likelihood, whose gradient is E_posterior[grad f] - E_prior[grad f], i.e. the loss
+mean f(z-) - mean f(z+) on prior (negative) and posterior (positive) samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mmgen.errors import MMGenError
+from mmgen.langevin import ChainResult, LangevinKernel, run_chain
+from mmgen.latent import Prior
+
+ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU}
+
+
+@dataclass
+class EBMConfig:
+    """Energy network, prior Langevin (K0 steps, noise scale s0) and the EBM's own optimizer."""
+
+    hidden: int = 200
+    depth: int = 2
+    activation: str = "gelu"  # gelu | leaky_relu | silu
+    spectral_norm: bool = False
+    sigma0: float = 1.0
+    steps: int = 60  # K0
+    step_size: float = 0.4  # s0
+    clip_grad: float = 0.0
+    anneal_noise: bool = False
+    energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term")
+    energy_l2: float = 0.0  # optional penalty on f(z+)^2 + f(z-)^2 against drifting energies
+    lr: float = 2e-5
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    weight_decay: float = 0.0
+
+
+class EnergyMLP(nn.Module):
+    """f_alpha: z (..., D) -> (...), an MLP D -> hidden x depth -> 1."""
+
+    def __init__(self, dim: int, cfg: EBMConfig):
+        super().__init__()
+        if cfg.activation not in ACTIVATIONS:
+            raise MMGenError(f"model.prior.activation: unknown '{cfg.activation}'; valid: {', '.join(ACTIVATIONS)}")
+        layers: list[nn.Module] = []
+        width = dim
+        for _ in range(cfg.depth):
+            layers += [nn.Linear(width, cfg.hidden), ACTIVATIONS[cfg.activation]()]
+            width = cfg.hidden
+        layers.append(nn.Linear(width, 1))
+        if cfg.spectral_norm:
+            layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z).squeeze(-1)
+
+
+class EBMPrior(Prior):
+    """Exponentially tilted Gaussian prior on the shared latent, sampled by Langevin dynamics."""
+
+    learns_from_samples = True
+
+    def __init__(self, cfg: EBMConfig, dim: int):
+        super().__init__(dim)
+        self.cfg = cfg
+        self.energy = EnergyMLP(dim, cfg)
+        self._diagnostics: dict[str, Tensor] = {}
+
+    def f(self, z: Tensor, frozen: bool = False) -> Tensor:
+        """f_alpha(z); ``frozen`` evaluates it with detached parameters (gradient flows to z only)."""
+        if not frozen:
+            return self.energy(z)
+        params = {k: v.detach() for k, v in self.energy.named_parameters()}
+        buffers = dict(self.energy.named_buffers())
+        return functional_call(self.energy, {**params, **buffers}, (z,))
+
+    def base_log_prob(self, z: Tensor) -> Tensor:
+        """log N(z; 0, sigma0^2 I)."""
+        s2 = self.cfg.sigma0**2
+        return -0.5 * z.pow(2).sum(-1) / s2 - 0.5 * z.size(-1) * math.log(2 * math.pi * s2)
+
+    def log_prob(self, z: Tensor, frozen: bool = False) -> Tensor:
+        """log p_alpha(z) + log Z(alpha): the weighted energy plus the Gaussian reference."""
+        return self.cfg.energy_weight * self.f(z, frozen) + self.base_log_prob(z)
+
+    def unnormalized(self, z: Tensor) -> Tensor:
+        """The Langevin target f(z) - |z|^2 / (2 sigma0^2), with frozen parameters."""
+        return self.f(z, frozen=True) - 0.5 * z.pow(2).sum(-1) / self.cfg.sigma0**2
+
+    def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False) -> ChainResult:
+        """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I)."""
+        z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
+        kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
+        result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
+        self._diagnostics = {f"prior_chain/{k}": v for k, v in result.stats.items()}
+        return result
+
+    def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` samples by prior Langevin."""
+        return self.chain(n, device).z
+
+    def sample_chain(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """Every state of the prior chain, ``(K0 + 1, n, D)``."""
+        return self.chain(n, device, keep_chain=True).chain
+
+    def loss(self, z_pos: Tensor, z_neg: Tensor) -> Tensor:
+        """mean f(z-) - mean f(z+): raises the energy term on posterior samples, lowers it on prior ones."""
+        f_pos, f_neg = self.energy(z_pos), self.energy(z_neg)
+        loss = f_neg.mean() - f_pos.mean()
+        if self.cfg.energy_l2:
+            loss = loss + self.cfg.energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
+        self._diagnostics.update({"ebm/f_pos": f_pos.mean().detach(), "ebm/f_neg": f_neg.mean().detach()})
+        return loss
+
+    def param_groups(self) -> list[dict]:
+        """The energy network trains with its own Adam settings (default lr 2e-5, betas 0.5/0.999)."""
+        return [{"params": list(self.energy.parameters()), "lr": self.cfg.lr,
+                 "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}]
+
+    def diagnostics(self) -> dict[str, Tensor]:
+        return dict(self._diagnostics)
