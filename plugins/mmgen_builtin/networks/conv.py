@@ -17,7 +17,7 @@ class ConvConfig:
     """Width of the first conv layer (doubled twice) and of the linear layer."""
 
     hidden: int = 32
-    fc: int = 256
+    fc: int = 128
 
 
 def _trunk(channels: int, hidden: int) -> nn.Sequential:
