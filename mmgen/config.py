@@ -75,7 +75,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (and at each epoch end)
     device: str = "auto"  # auto | cpu | cuda
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
-    on_nonfinite: str = "stop"  # stop | skip: what a non-finite loss or gradient does
+    on_nonfinite: str = "stop"  # stop | skip | rollback: what a non-finite loss or gradient does
+    rollback_factor: float = 0.5  # rollback: multiply learning rates and Langevin step sizes by this
+    max_rollbacks: int = 3
     progress: bool = True
 
 
@@ -95,7 +97,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
-    "train.on_nonfinite": ("stop", "skip"),
+    "train.on_nonfinite": ("stop", "skip", "rollback"),
     "model.posterior_family": ("gaussian", "laplace"),
     "model.likelihood.family": ("gaussian", "laplace"),
     "model.scale_param": ("softplus", "exp", "softmax"),
@@ -103,7 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = ("model.latent_dim", "train.batch_size", "train.log_every", "train.checkpoint_every",
             "model.likelihood.scale", "train.lr")
 NONNEGATIVE = ("model.private_dim", "train.epochs", "train.max_steps", "train.sample_every",
-               "train.grad_clip", "train.weight_decay")
+               "train.grad_clip", "train.weight_decay", "train.max_rollbacks")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,12 +221,30 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
         if isinstance(value, dict) and isinstance(schema[key], DictConfig):
             _merge_checked(schema[key], value, key_path, errors, skip)
             continue
+        if isinstance(schema[key], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # `scale=1` means 1.0; OmegaConf warns about the implicit cast
         try:
             schema[key] = value
         except OmegaConfBaseException as exc:
             expected = type(schema[key]).__name__ if not isinstance(schema[key], ListConfig) else "list"
             msg = str(exc).splitlines()[0]
             errors.append(f"{key_path}: invalid value {value!r} (expected {expected}): {msg}")
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """For a component config's ``__post_init__``: each named field must be > 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value <= 0:
+            raise ValueError(f"{name}: must be > 0, got {value}")
+
+
+def check_nonnegative(cfg: Any, *names: str) -> None:
+    """For a component config's ``__post_init__``: each named field must be >= 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ValueError(f"{name}: must be >= 0, got {value}")
 
 
 def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, errors: list[str]) -> dict[str, Any]:
@@ -245,7 +265,14 @@ def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, error
         return {"name": name}
     schema = OmegaConf.structured(component.config)
     OmegaConf.set_struct(schema, True)
+    before = len(errors)
     _merge_checked(schema, params, path, errors, set())
+    if len(errors) == before:
+        # Building the dataclass runs its __post_init__ checks ("field: must be > 0, got -1").
+        try:
+            OmegaConf.to_object(schema)
+        except (ValueError, TypeError) as exc:
+            errors.append(f"{path}.{exc}")
     return {"name": name, **OmegaConf.to_container(schema)}  # type: ignore[dict-item]
 
 
@@ -262,6 +289,8 @@ def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:
         value = _get_path(cfg, path)
         if isinstance(value, (int, float)) and value < 0:
             errors.append(f"{path}: must be >= 0, got {value}")
+    if not 0 < (_get_path(cfg, "train.rollback_factor") or 0) < 1:
+        errors.append(f"train.rollback_factor: must be in (0, 1), got {_get_path(cfg, 'train.rollback_factor')}")
     if len(_get_path(cfg, "train.betas") or []) != 2:
         errors.append("train.betas: must be a list of two floats")
 

@@ -119,7 +119,15 @@ class PrivatePosterior:
 # ----------------------------------------------------------------------------------------------
 # Component base classes.
 # ----------------------------------------------------------------------------------------------
-class Aggregator(nn.Module, abc.ABC):
+class Stabilizable:
+    """Components with step sizes (Langevin chains) shrink them when training diverges."""
+
+    def stabilize(self, factor: float) -> list[str]:
+        """Multiply step sizes by ``factor`` < 1; return a description of each change."""
+        return []
+
+
+class Aggregator(Stabilizable, nn.Module, abc.ABC):
     """Combines per-modality experts into a joint posterior over the shared latent.
 
     Subclasses choose the components (:meth:`subsets`) and how the experts of one component are
@@ -156,7 +164,7 @@ class Aggregator(nn.Module, abc.ABC):
         return Posterior(c_loc, c_scale, weight.to(loc.dtype), experts, family)
 
 
-class Prior(nn.Module, abc.ABC):
+class Prior(Stabilizable, nn.Module, abc.ABC):
     """A prior over the shared latent. ``log_prob`` may be unnormalised (energy-based priors)."""
 
     #: True when the prior learns from posterior (positive) and prior (negative) samples.
@@ -204,7 +212,7 @@ class InferenceResult:
     chain: Tensor | None = None  # (K + 1, B, D) when the method was asked to keep it
 
 
-class Inference(nn.Module, abc.ABC):
+class Inference(Stabilizable, nn.Module, abc.ABC):
     """Turns amortized posterior samples into the samples the model learns from and generates with."""
 
     #: True when the model should take a generator MLE step on the refined samples.
@@ -229,7 +237,7 @@ class ObjectiveResult:
     stats: dict[str, Tensor] = field(default_factory=dict)
 
 
-class Objective(nn.Module, abc.ABC):
+class Objective(Stabilizable, nn.Module, abc.ABC):
     """A training objective over a batch (ELBO, IWAE, DReG, ...)."""
 
     @abc.abstractmethod

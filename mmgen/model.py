@@ -126,27 +126,40 @@ class MultimodalModel(nn.Module):
         touch disjoint parameters or detached samples, so one backward pass equals separate steps.
         """
         result = self.objective(self, batch)
-        loss, stats = result.loss, dict(result.stats)
+        loss = result.loss
+        # Statistics are namespaced by component kind so a report can name the culprit.
+        stats = {f"objective/{k}": v for k, v in result.stats.items()}
         if self.prior.learns_from_samples or self.inference.generator_step:
             z0 = result.posterior.sample(1)[0].detach()  # (B, D)
             w = None
             if result.private is not None:
                 w = dist.rsample(result.private.family, result.private.loc, result.private.scale, 1)[0].detach()
             refined = self.inference.refine(self, z0, batch, batch.mask, w)
-            stats.update(refined.stats)
+            stats.update({f"inference/{k}": v for k, v in refined.stats.items()})
             z_pos = refined.z.detach()
             if self.prior.learns_from_samples:
                 z_neg = self.prior.sample(z_pos.size(0), z_pos.device).detach()
                 prior_loss = self.prior.loss(z_pos, z_neg)
                 loss = loss + prior_loss
-                stats["prior_loss"] = prior_loss.detach()
-                stats.update(self.prior.diagnostics())
+                stats["prior/loss"] = prior_loss.detach()
+                stats.update({f"prior/{k}": v for k, v in self.prior.diagnostics().items()})
             if self.inference.generator_step:
                 ll = (self.log_likelihood(batch.x, z_pos, w) * batch.mask).sum(-1).mean()
                 loss = loss - ll
-                stats["generator_ll"] = ll.detach()
+                stats["inference/generator_ll"] = ll.detach()
         stats["loss"] = loss.detach()
         return StepOutput(loss, stats)
+
+    def stabilize(self, factor: float) -> list[str]:
+        """Ask every component to take smaller steps (after a divergence); returns what changed."""
+        changes = []
+        for kind in ("prior", "inference", "objective", "aggregator"):
+            changes += [f"{kind}: {c}" for c in getattr(self, kind).stabilize(factor)]
+        return changes
+
+    def component_name(self, kind: str) -> str:
+        """The registry name a component was built from (for reports)."""
+        return getattr(getattr(self, kind, None), "registry_name", kind)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The prior's own groups (own learning rate, betas) and one group for the rest."""
@@ -208,7 +221,9 @@ def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[Modali
 
     def build(kind: str, section: str, *args: Any) -> Any:
         sec = mcfg[section]
-        return registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+        built = registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+        built.registry_name = sec["name"]  # reports name the component as the config does
+        return built
 
     encoders = [build("encoder", "encoder", spec.shape, d + w) for spec in modalities]
     decoders = [build("decoder", "decoder", spec.shape, d + w) for spec in modalities]

@@ -54,19 +54,13 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
 
     A component whose plugin is not installed is an error naming that plugin.
     """
-    from mmgen.train import load_datasets
+    from mmgen.train import check_components, load_datasets
 
     path = find_checkpoint(run)
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
     plugins = create_plugin_manager([str(m) for m in cfg.get("plugins", [])])
-    for section, info in ckpt.get("extra", {}).get("components", {}).items():
-        if info["name"] not in plugins.registry.names(info["kind"]):
-            raise CheckpointError(
-                f"{path}: {section} is {info['kind']} '{info['name']}' from plugin '{info['plugin']}', "
-                f"which is not installed (install the plugin that provides it; installed {info['kind']}s: "
-                f"{', '.join(plugins.registry.names(info['kind']))})"
-            )
+    check_components(ckpt, plugins, path)
     if data_override:
         cfg = dict(cfg, data=data_override)
     train_set, test_set = load_datasets(cfg, plugins)

@@ -31,11 +31,19 @@ from mmgen.run import component_plugins
 
 @dataclass
 class TrainState:
-    """Where training stands: optimizer steps taken, the epoch, and batches done in it."""
+    """Where training stands: optimizer steps taken, the epoch and batches done in it, and the
+    divergence history (rollbacks taken, the step-size and learning-rate factors they applied)."""
 
     step: int = 0
     epoch: int = 0
     batch: int = 0
+    rollbacks: int = 0
+    damping: float = 1.0
+    lr_scale: float = 1.0
+
+
+class _Rollback(Exception):
+    """Raised inside the epoch loop to restart from the last checkpoint."""
 
 
 def load_datasets(cfg: dict[str, Any], plugins: Plugins) -> tuple[MultimodalDataset, MultimodalDataset]:
@@ -60,14 +68,17 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
 
 @torch.no_grad()
 def save_samples(model: MultimodalModel, test_set: MultimodalDataset, path: Path, device: torch.device, n: int = 8) -> None:
-    """A grid: test inputs, their reconstructions from all modalities, and joint samples."""
+    """A grid: test inputs, their reconstructions from all modalities, and joint samples.
+
+    Runs on a forked RNG so that drawing pictures never changes the training's random stream.
+    """
     was_training = model.training
     model.eval()
-    batch = test_set.batch(torch.arange(min(n, len(test_set)))).to(device)
-    recon = model.cross_generate(batch, batch.mask, refine=False)
-    joint = model.generate(n, device)
-    rows = [*batch.x, *recon, *joint]
-    save_grid(rows, path)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        batch = test_set.batch(torch.arange(min(n, len(test_set)))).to(device)
+        recon = model.cross_generate(batch, batch.mask, refine=False)
+        joint = model.generate(n, device)
+    save_grid([*batch.x, *recon, *joint], path)
     model.train(was_training)
 
 
@@ -98,19 +109,27 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     train_set, test_set = load_datasets(cfg, plugins)
     model = build_model(cfg, plugins.registry, train_set.modalities)
     optimizer = make_optimizer(model, tcfg)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     state = TrainState()
 
-    if resume:
-        ckpt = load_checkpoint(ckpt_dir / "latest.pt")
+    def restore(ckpt: dict[str, Any]) -> TrainState:
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: {str(exc).splitlines()[0]}") from None
-        state = TrainState(**ckpt["progress"])
+            raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: "
+                                  f"{str(exc).splitlines()[0]}") from None
         set_rng_state(ckpt["rng"])
+        return TrainState(**ckpt["progress"])
+
+    if resume:
+        check_components(ckpt := load_checkpoint(ckpt_dir / "latest.pt"), plugins, ckpt_dir / "latest.pt")
+        state = restore(ckpt)
+        if state.damping != 1.0:
+            model.stabilize(state.damping)  # step sizes lowered by earlier rollbacks stay lowered
         if is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            _remove_stale_temporaries(ckpt_dir)
     elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved = dict(cfg, out=str(run_dir), plugin_versions=dict(plugins.versions))
@@ -126,18 +145,26 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     if tcfg["max_steps"]:
         total = min(total, tcfg["max_steps"])
 
-    # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
-    if state.step == 0:
-        with torch.no_grad():
-            probe = train_set.batch(torch.arange(min(4, len(train_set)))).to(device)
-            if not torch.isfinite(core(probe).loss):
-                raise DivergenceError("sanity check: the initial loss on 4 training tuples is not finite")
-
     def checkpoint(name: str) -> None:
         if is_main:
             save_checkpoint(ckpt_dir / name, config=cfg, plugins=dict(plugins.versions),
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
                             progress=vars(state), extra={"components": component_plugins(cfg, plugins)})
+
+    def set_lr_scale(scale: float) -> None:
+        for group, lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = lr * scale
+
+    if state.lr_scale != 1.0:
+        set_lr_scale(state.lr_scale)
+    if state.step == 0:
+        # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
+        with torch.no_grad():
+            probe = train_set.batch(torch.arange(min(4, len(train_set)))).to(device)
+            if not torch.isfinite(core(probe).loss):
+                raise DivergenceError("sanity check: the initial loss on 4 training tuples is not finite")
+        checkpoint("latest.pt")  # a rollback target, and a resumable run from the first second
+    accelerator.wait_for_everyone()
 
     metrics = (run_dir / "metrics.jsonl").open("a") if is_main else None
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -146,57 +173,71 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                    disable=not (is_main and tcfg["progress"]))
     clip = tcfg["grad_clip"] if tcfg["grad_clip"] > 0 else math.inf
     t0, step0 = time.perf_counter(), state.step
-    pending: dict[str, torch.Tensor] = {}
     model.train()
     with bar:
         task = bar.add_task(f"training {cfg['name']}", total=total, completed=state.step, rate=0.0, loss="-")
         while state.step < total:
             batches = EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], state.epoch,
                                    rank=accelerator.process_index, world=accelerator.num_processes)
-            for host_batch in batches.iterate(state.batch):
-                batch = host_batch.to(device)
-                with accelerator.autocast():
-                    out = model(batch)
-                accelerator.backward(out.loss)
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                # One host sync per step: a non-finite loss or gradient must not reach the weights.
-                if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
-                    bad = _nonfinite_report(out.stats, out.loss, grad_norm)
-                    if tcfg["on_nonfinite"] == "stop":
-                        raise DivergenceError(f"non-finite value at step {state.step + 1} (epoch {state.epoch}): {bad}; "
-                                              "set train.on_nonfinite=skip to skip such batches")
+            try:
+                for host_batch in batches.iterate(state.batch):
+                    batch = host_batch.to(device)
+                    with accelerator.autocast():
+                        out = model(batch)
+                    accelerator.backward(out.loss)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+                    # One host sync per step: a non-finite loss or gradient must not reach the weights.
+                    if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
+                        report = nonfinite_report(core, out.stats, out.loss, grad_norm)
+                        where = f"step {state.step + 1} (epoch {state.epoch})"
+                        optimizer.zero_grad(set_to_none=True)
+                        if tcfg["on_nonfinite"] == "skip":
+                            console.print(f"[yellow]{where}: skipped a batch with non-finite {report}")
+                            state.batch += 1
+                            continue
+                        if tcfg["on_nonfinite"] == "rollback" and state.rollbacks < tcfg["max_rollbacks"]:
+                            console.print(f"[yellow]{where}: non-finite {report}; rolling back to the last checkpoint")
+                            raise _Rollback
+                        hint = ("rollbacks exhausted" if tcfg["on_nonfinite"] == "rollback"
+                                else "set train.on_nonfinite=skip or rollback to continue past it")
+                        raise DivergenceError(f"non-finite value at {where}: {report} ({hint})")
+                    optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    console.print(f"[yellow]step {state.step + 1}: skipped batch with non-finite {bad}")
+                    state.step += 1
                     state.batch += 1
-                    continue
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.batch += 1
-                out.stats["grad_norm"] = grad_norm
-                pending = out.stats
 
-                if state.step % tcfg["log_every"] == 0 or state.step == total:
-                    rate = (state.step - step0) / max(time.perf_counter() - t0, 1e-9)
-                    record = {"step": state.step, "epoch": state.epoch, "time": round(time.perf_counter() - t0, 3),
-                              "steps_per_s": round(rate, 3),
-                              **{k: float(v) for k, v in pending.items()}}
-                    if metrics:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                    bar.update(task, rate=rate, loss=f"{record['loss']:.4g}")
-                bar.update(task, completed=state.step)
-                if tcfg["sample_every"] and state.step % tcfg["sample_every"] == 0 and is_main:
-                    save_samples(core, test_set, run_dir / "samples" / f"step-{state.step:07d}.png", device)
-                if state.step % tcfg["checkpoint_every"] == 0:
-                    checkpoint("latest.pt")
-                if state.step >= total:
-                    break
+                    if state.step % tcfg["log_every"] == 0 or state.step == total:
+                        rate = (state.step - step0) / max(time.perf_counter() - t0, 1e-9)
+                        record = {"step": state.step, "epoch": state.epoch, "time": round(time.perf_counter() - t0, 3),
+                                  "steps_per_s": round(rate, 3), "grad_norm": float(grad_norm),
+                                  **{k: float(v) for k, v in out.stats.items()}}
+                        if metrics:
+                            metrics.write(json.dumps(record) + "\n")
+                            metrics.flush()
+                        bar.update(task, rate=rate, loss=f"{record['loss']:.4g}")
+                    bar.update(task, completed=state.step)
+                    if tcfg["sample_every"] and state.step % tcfg["sample_every"] == 0 and is_main:
+                        save_samples(core, test_set, run_dir / "samples" / f"step-{state.step:07d}.png", device)
+                    if state.step % tcfg["checkpoint_every"] == 0:
+                        checkpoint("latest.pt")
+                    if state.step >= total:
+                        break
+            except _Rollback:
+                rollbacks = state.rollbacks + 1
+                state = restore(load_checkpoint(ckpt_dir / "latest.pt"))
+                factor = tcfg["rollback_factor"]
+                state.rollbacks, state.damping = rollbacks, state.damping * factor
+                state.lr_scale *= factor
+                set_lr_scale(state.lr_scale)
+                changes = core.stabilize(factor) + [f"learning rates x{state.lr_scale:.4g}"]
+                console.print(f"[yellow]rollback {rollbacks}/{tcfg['max_rollbacks']} to step {state.step}: {'; '.join(changes)}")
+                continue
             if state.batch >= len(batches):
                 state.epoch, state.batch = state.epoch + 1, 0
                 if is_main and not tcfg["sample_every"]:
                     save_samples(core, test_set, run_dir / "samples" / f"epoch-{state.epoch:04d}.png", device)
                 checkpoint("latest.pt")
+    _check_in_sync(accelerator, core)
     checkpoint("latest.pt")
     checkpoint("final.pt")
     if is_main:
@@ -207,12 +248,48 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     return run_dir
 
 
-def _nonfinite_report(stats: dict[str, torch.Tensor], loss: torch.Tensor, grad_norm: torch.Tensor) -> str:
-    """Name the statistics that are not finite (the loss, the gradient norm, a component's stat)."""
-    bad = [k for k, v in stats.items() if not torch.isfinite(torch.as_tensor(v)).all()]
-    if not torch.isfinite(grad_norm):
-        bad.append(f"grad_norm={float(grad_norm)}")
-    return ", ".join(bad) or f"loss={float(loss)}"
+def check_components(ckpt: dict[str, Any], plugins: Plugins, path: Path) -> None:
+    """Every component a checkpoint was built from must be registered; name the missing plugin."""
+    for section, info in ckpt.get("extra", {}).get("components", {}).items():
+        if info["name"] not in plugins.registry.names(info["kind"]):
+            raise CheckpointError(
+                f"{path}: {section} is {info['kind']} '{info['name']}' from plugin '{info['plugin']}', which is "
+                f"not installed; installed {info['kind']}s: {', '.join(plugins.registry.names(info['kind']))}"
+            )
+
+
+def _check_in_sync(accelerator, model: MultimodalModel) -> None:
+    """With several processes, every replica must hold the same parameters at the end."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    sums = accelerator.gather(checksum.to(accelerator.device))
+    if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-6, atol=1e-6):
+        raise MMGenError(f"processes ended with different parameters (checksums {sums.tolist()})")
+
+
+def _remove_stale_temporaries(ckpt_dir: Path) -> None:
+    """A kill during a checkpoint write leaves a temp file; the previous checkpoint is intact."""
+    for tmp in ckpt_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def nonfinite_report(model: MultimodalModel, stats: dict[str, torch.Tensor], loss: torch.Tensor,
+                     grad_norm: torch.Tensor) -> str:
+    """Name the component and the statistic that went non-finite (``prior 'ebm': prior/f_neg=nan``)."""
+    bad = []
+    for key, value in stats.items():
+        value = torch.as_tensor(value)
+        if not torch.isfinite(value).all():
+            kind = key.split("/")[0]
+            who = f"{kind} '{model.component_name(kind)}'" if "/" in key else "model"
+            bad.append(f"{who}: {key}={float(value.float().mean())}")
+    if not bad and not torch.isfinite(grad_norm):
+        params = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        owners = sorted({n.split(".")[0] for n in params})
+        bad.append(f"gradient norm={float(grad_norm)} in {', '.join(owners) or 'unknown parameters'}")
+    return "; ".join(bad) or f"loss={float(loss)}"
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

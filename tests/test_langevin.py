@@ -172,9 +172,9 @@ def test_ebm_prior_with_every_aggregator_and_inference(tmp_path, tiny_overrides,
     result = CliRunner().invoke(create_app(with_plugin_commands=False), args)
     assert result.exit_code == 0, result.output
     text = (out / "metrics.jsonl").read_text()
-    assert "ebm/f_pos" in text and "prior_chain/displacement" in text
+    assert "prior/f_pos" in text and "prior/chain/displacement" in text
     if inference == "langevin":
-        assert "posterior_chain/end_log_prob" in text and "generator_ll" in text
+        assert "inference/chain/end_log_prob" in text and "inference/generator_ll" in text
     result = CliRunner().invoke(create_app(with_plugin_commands=False), ["sample", str(out), "--chain", "--n", "3"])
     assert result.exit_code == 0, result.output
     figures = {p.name for p in (out / "figures").iterdir()}

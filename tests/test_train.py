@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -28,7 +27,7 @@ def test_run_directory_contents(tmp_path, tiny_overrides):
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"latest.pt", "final.pt"}
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]
-    assert all(k in lines[0] for k in ("loss", "bound", "grad_norm", "steps_per_s"))
+    assert all(k in lines[0] for k in ("loss", "objective/bound", "grad_norm", "steps_per_s"))
     assert (out / "samples" / "final.png").is_file()
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["progress"]["step"] == 6 and ckpt["config"]["model"]["latent_dim"] == 4
@@ -72,30 +71,3 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path, tiny_overrides):
     latest.write_bytes(latest.read_bytes()[:100])
     result = run("--resume", str(out))
     assert result.exit_code == 2 and "corrupt or truncated" in result.output
-
-
-@pytest.mark.parametrize("policy", ["stop", "skip"])
-def test_nonfinite_loss_policy(tmp_path, tiny_overrides, monkeypatch, policy):
-    from mmgen.model import MultimodalModel
-
-    original = MultimodalModel.forward
-    calls = {"n": 0}
-
-    def poisoned(self, batch):
-        out = original(self, batch)
-        calls["n"] += 1
-        if calls["n"] == 4:  # the sanity pass is call 1; optimizer step 3 gets a NaN
-            out.loss = out.loss * float("nan")
-        return out
-
-    monkeypatch.setattr(MultimodalModel, "forward", poisoned)
-    out = tmp_path / "run"
-    result = run("--max-steps", "5", "--out", str(out), *tiny_overrides, f"train.on_nonfinite={policy}")
-    if policy == "stop":
-        assert result.exit_code == 2
-        assert "non-finite value at step 3" in result.output
-    else:
-        assert result.exit_code == 0, result.output
-        assert "step 3: skipped batch" in result.output
-        final = params(out)
-        assert all(torch.isfinite(v).all() for v in final.values())

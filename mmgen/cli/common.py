@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mmgen.config import compose, resolve
 from mmgen.errors import ConfigError, MMGenError
@@ -20,7 +21,7 @@ out_console = Console(highlight=False)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -51,7 +52,7 @@ def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
         warnings.simplefilter("always")
         plugins = create_plugin_manager(extra_modules)
     for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
     return plugins
 
 

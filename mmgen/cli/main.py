@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from mmgen import __version__
+from mmgen.cli.classifiers import classifiers_app
 from mmgen.cli.config_cmd import config_app, validate
+from mmgen.cli.evaluate import evaluate
 from mmgen.cli.plugins_cmd import plugins
 from mmgen.cli.sample import sample
 from mmgen.cli.train import train
@@ -35,9 +37,11 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
 
     app.command()(train)
     app.command()(sample)
+    app.command()(evaluate)
     app.command()(plugins)
     app.command()(validate)
     app.add_typer(config_app, name="config")
+    app.add_typer(classifiers_app, name="classifiers")
     if with_plugin_commands:
         from mmgen.cli.common import load_plugins
 
@@ -49,3 +53,7 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
 def main() -> None:
     """Console-script entry point."""
     create_app()()
+
+
+if __name__ == "__main__":
+    main()

@@ -46,4 +46,7 @@ def train(
     else:
         cfg, plugins = resolved_config(recipe, config, short, overrides)
         run_dir = run_training(cfg, plugins, console=err_console)
-    err_console.print(f"[green]done:[/] run directory {run_dir}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        err_console.print(f"[green]done:[/] run directory {run_dir}")

@@ -91,6 +91,23 @@ def register_objectives(register):
 
 
 @hookimpl
+def register_metrics(register):
+    from .metrics.coherence import CrossCoherence, JointCoherence
+    from .metrics.fd import FDConfig, FrechetDistance
+    from .metrics.fid import FIDConfig, InceptionFID
+    from .metrics.nll import ImportanceSampledNLL, NLLConfig
+    from .metrics.probe import LatentProbe, ProbeConfig
+
+    register("cross_coherence", CrossCoherence, None,
+             "Classifier accuracy of x_t generated from x_S, every subset S and target t (Shi et al. 2019)")
+    register("joint_coherence", JointCoherence, None, "Fraction of unconditional samples all classifiers agree on")
+    register("fd", FrechetDistance, FDConfig, "Frechet distance on mmgen's classifier features (not FID)")
+    register("fid", InceptionFID, FIDConfig, "FID with Inception-v3 from a local weights file (skipped without one)")
+    register("probe", LatentProbe, ProbeConfig, "Linear-probe accuracy of the label on the shared latent's posterior mean")
+    register("nll", ImportanceSampledNLL, NLLConfig, "Test-set NLL estimated by importance sampling with K samples")
+
+
+@hookimpl
 def register_commands(cli):
     from .commands.data import data_app
 

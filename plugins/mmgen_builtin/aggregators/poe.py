@@ -23,10 +23,13 @@ def gaussian_product(loc: Tensor, scale: Tensor, experts: Tensor, prior_expert: 
     Precisions add and the mean is precision-weighted: for experts (mu_m, s_m),
     1/s^2 = sum 1/s_m^2 (+ 1 for the prior expert), mu = s^2 * sum mu_m / s_m^2.
     """
-    precision = scale.pow(-2).unsqueeze(1) * experts.unsqueeze(-1)  # (B, C, M, D)
+    use = experts.unsqueeze(-1)  # (B, C, M, 1)
+    # where, not a product: a missing modality's expert (any value, even NaN) must not leak in.
+    precision = torch.where(use, scale.pow(-2).unsqueeze(1), torch.zeros((), dtype=scale.dtype, device=scale.device))
+    weighted = torch.where(use, precision * loc.unsqueeze(1), torch.zeros((), dtype=loc.dtype, device=loc.device))
     total = precision.sum(2) + (1.0 if prior_expert else 0.0)  # (B, C, D)
     total = total.clamp_min(torch.finfo(total.dtype).tiny)  # a component with no expert stays finite
-    loc_out = (precision * loc.unsqueeze(1)).sum(2) / total
+    loc_out = weighted.sum(2) / total
     return loc_out, total.rsqrt()
 
 

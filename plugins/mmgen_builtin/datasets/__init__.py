@@ -1,0 +1,1 @@
+"""Dataset plugins: the offline default, PolyMNIST readers, the generator and the downloader."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmgen.config import check_positive
 from mmgen.data import MultimodalDataset
 
 from .compose import compose
@@ -37,6 +38,11 @@ class DefaultDataConfig:
     train_size: int = 5000
     test_size: int = 1000
     seed: int = 0
+
+    def __post_init__(self):
+        check_positive(self, "train_size", "test_size")
+        if self.modalities < 2:
+            raise ValueError(f"modalities: a multimodal dataset needs >= 2, got {self.modalities}")
 
 
 def cache_dir() -> Path:

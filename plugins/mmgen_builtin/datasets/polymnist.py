@@ -6,22 +6,32 @@
 Tuples are aligned by the explicit index ``i`` (never by directory listing order) and the number
 of modalities is read from disk. Every inconsistency is a one-line :class:`DataError` naming the
 file: a silently shorter dataset is worse than none.
+
+Decoding tens of thousands of small PNGs takes seconds, so each decoded modality folder is cached
+as one uint8 tensor in the cache directory, keyed by the folder's path and every file's name,
+size and mtime: touching, adding or removing a file invalidates it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from mmgen.config import check_nonnegative
 from mmgen.data import ModalitySpec, MultimodalDataset
 from mmgen.errors import DataError
 
-PNG_NAME = re.compile(r"^(\d+)\.(\d+)\.png$")
+PNG_NAME = re.compile(r"^(\d+)\.(\d+)\.png$", re.IGNORECASE)
+MODALITY_NAME = re.compile(r"m(\d+)(\.pt)?")
+CACHE_VERSION = 1
 
 
 @dataclass
@@ -30,6 +40,11 @@ class PolyMNISTConfig:
 
     path: str = ""
     modalities: int = 0  # 0 = every modality found on disk
+
+    def __post_init__(self):
+        check_nonnegative(self, "modalities")
+        if self.modalities == 1:
+            raise ValueError("modalities: a multimodal dataset needs >= 2 (or 0 for all on disk)")
 
 
 def fingerprint(images: list[torch.Tensor], labels: torch.Tensor) -> str:
@@ -43,17 +58,26 @@ def fingerprint(images: list[torch.Tensor], labels: torch.Tensor) -> str:
 
 def find_modalities(split_dir: Path) -> list[Path]:
     """``m0, m1, ...`` entries (``.pt`` files or folders), contiguous from 0."""
-    found = {}
-    for p in split_dir.iterdir():
-        match = re.fullmatch(r"m(\d+)(\.pt)?", p.name)
+    found: dict[int, Path] = {}
+    for p in sorted(split_dir.iterdir()):
+        match = MODALITY_NAME.fullmatch(p.name)
         if match:
-            found[int(match.group(1))] = p
+            k = int(match.group(1))
+            if k in found:  # m1/ next to m1.pt, or m1 next to m01: which one is meant is a guess
+                raise DataError(f"{p}: modality m{k} appears twice in {split_dir} (also {found[k].name})")
+            found[k] = p
     if not found:
         raise DataError(f"no modality entries m0, m1, ... (folders or .pt files) in {split_dir}")
     missing = [k for k in range(max(found) + 1) if k not in found]
     if missing:
         raise DataError(f"missing modality m{missing[0]} in {split_dir} (found {', '.join(sorted(p.name for p in found.values()))})")
     return [found[k] for k in range(len(found))]
+
+
+def _select(entries: list[Path], limit: int, split_dir: Path) -> list[Path]:
+    if limit < 0 or limit > len(entries):
+        raise DataError(f"data.modalities={limit}, but {split_dir} has {len(entries)} modalities (m0..m{len(entries) - 1})")
+    return entries[: limit or None]
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
@@ -74,8 +98,20 @@ def _as_uint8(x: torch.Tensor, path: Path) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x
     if x.is_floating_point():  # [0, 1] floats, as some exports store them
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):  # also catches NaN
+            raise DataError(f"{path}: float images must lie in [0, 1] (found values outside, or NaN)")
+        return (x * 255).round().to(torch.uint8)
     raise DataError(f"{path}: expected uint8 or float images, got {x.dtype}")
+
+
+def _as_labels(y: torch.Tensor, path: Path) -> torch.Tensor:
+    if y.dim() == 2 and y.size(1) == 1:
+        y = y[:, 0]
+    if y.dim() != 1:
+        raise DataError(f"{path}: expected labels (N,), got shape {tuple(y.shape)}")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise DataError(f"{path}: labels must be whole numbers")
+    return y.long()
 
 
 def read_tensor_layout(root: Path, split: str, limit: int = 0) -> MultimodalDataset:
@@ -83,16 +119,62 @@ def read_tensor_layout(root: Path, split: str, limit: int = 0) -> MultimodalData
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise DataError(f"dataset split folder not found: {split_dir}")
-    paths = find_modalities(split_dir)[: limit or None]
-    labels = _load_tensor(split_dir / "labels.pt").long().flatten()
+    paths = _select(find_modalities(split_dir), limit, split_dir)
+    labels = _as_labels(_load_tensor(split_dir / "labels.pt"), split_dir / "labels.pt")
     images = []
     for path in paths:
+        if path.suffix != ".pt":
+            raise DataError(f"{path}: expected a tensor file {path.name}.pt (mixed layouts in {split_dir})")
         x = _as_uint8(_load_tensor(path), path)
         if x.size(0) != labels.size(0):
             raise DataError(f"{path}: {x.size(0)} images but labels.pt has {labels.size(0)} labels")
         images.append(x)
     specs = [ModalitySpec(f"m{k}", tuple(x.shape[1:])) for k, x in enumerate(images)]
     return MultimodalDataset(specs, images, labels, fingerprint=fingerprint(images, labels))
+
+
+class PngEntry(NamedTuple):
+    """One ``{i}.{digit}.png`` file: its digit, name and the stat fields the cache key uses."""
+
+    digit: int
+    name: str
+    mtime_ns: int
+    size: int
+
+
+def list_png_folder(folder: Path) -> dict[int, PngEntry]:
+    """Map tuple index ``i`` to the folder's ``{i}.{digit}.png`` file; other names are errors."""
+    table: dict[int, PngEntry] = {}
+    with os.scandir(folder) as it:
+        for e in it:
+            if not e.name.lower().endswith(".png"):  # .DS_Store, Thumbs.db, README: not images
+                continue
+            match = PNG_NAME.match(e.name)
+            if not match:
+                raise DataError(f"{folder / e.name}: file name is not of the form <index>.<digit>.png")
+            i = int(match.group(1))
+            if i in table:  # 7.3.png next to 07.3.png or 7.4.png: one tuple, two images
+                raise DataError(f"{folder / e.name}: tuple index {i} appears twice in {folder} (also {table[i].name})")
+            st = e.stat()
+            table[i] = PngEntry(int(match.group(2)), e.name, st.st_mtime_ns, st.st_size)
+    return table
+
+
+def _check_aligned(folders: list[Path], tables: list[dict[int, PngEntry]]) -> None:
+    reference = tables[0]
+    if not reference:
+        raise DataError(f"{folders[0]}: no images named <index>.<digit>.png")
+    for folder, table in zip(folders[1:], tables[1:]):
+        missing = sorted(reference.keys() - table.keys())
+        extra = sorted(table.keys() - reference.keys())
+        if missing or extra:
+            what = (f"missing {folder / reference[missing[0]].name}" if missing
+                    else f"{folder / table[extra[0]].name} has no partner in {folders[0]}")
+            raise DataError(f"{folder}: {len(table)} images but {folders[0]} has {len(reference)} ({what})")
+        for i, entry in reference.items():
+            if table[i].digit != entry.digit:
+                raise DataError(f"{folder / table[i].name}: digit {table[i].digit} but {folders[0] / entry.name} "
+                                f"says {entry.digit}")
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -105,42 +187,78 @@ def _read_png(path: Path) -> np.ndarray:
         raise DataError(f"corrupt image file {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
+def _cache_path(folder: Path, table: dict[int, PngEntry], index: list[int]) -> Path:
+    from .default import cache_dir  # deferred: default.py imports this module
+
+    h = hashlib.sha256(f"v{CACHE_VERSION}\n{folder.resolve()}".encode())
+    for i in index:
+        e = table[i]
+        h.update(f"\n{e.name}:{e.size}:{e.mtime_ns}".encode())
+    return cache_dir() / "polymnist-png" / f"{h.hexdigest()[:32]}.pt"
+
+
+def _load_cached(path: Path, n: int) -> torch.Tensor | None:
+    try:
+        x = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # absent, or a partial/foreign file: decoding again is always correct
+        return None
+    ok = isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4 and x.size(0) == n
+    return x if ok else None
+
+
+def _store_cached(path: Path, x: torch.Tensor) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        torch.save(x, tmp)
+        os.replace(tmp, path)  # readers never see a half-written cache file
+    except OSError:
+        pass  # a read-only or full cache only costs speed
+
+
+def decode_png_folder(folder: Path, table: dict[int, PngEntry], index: list[int]) -> torch.Tensor:
+    """The images of ``folder`` in the order ``index`` as ``(N, 3, H, W)`` uint8, cached on disk."""
+    cache = _cache_path(folder, table, index)
+    cached = _load_cached(cache, len(index))
+    if cached is not None:
+        return cached
+    first = _read_png(folder / table[index[0]].name)
+    out = np.empty((len(index), *first.shape), dtype=np.uint8)  # (N, H, W, 3)
+    out[0] = first
+    for j, i in enumerate(index[1:], start=1):
+        img = _read_png(folder / table[i].name)
+        if img.shape != first.shape:
+            raise DataError(f"{folder / table[i].name}: {img.shape[1]}x{img.shape[0]} pixels but "
+                            f"{table[index[0]].name} has {first.shape[1]}x{first.shape[0]}")
+        out[j] = img
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    _store_cached(cache, x)
+    return x
+
+
 def read_png_layout(root: Path, split: str, limit: int = 0) -> MultimodalDataset:
     """Read ``root/split/m{k}/{i}.{digit}.png``, aligning tuples by ``i``."""
     split_dir = Path(root) / split
     if not split_dir.is_dir():
         raise DataError(f"dataset split folder not found: {split_dir}")
-    folders = find_modalities(split_dir)[: limit or None]
-    tables: list[dict[int, tuple[int, Path]]] = []
+    folders = _select(find_modalities(split_dir), limit, split_dir)
     for folder in folders:
         if not folder.is_dir():
             raise DataError(f"{folder}: expected a folder of PNG files (mixed layouts in {split_dir})")
-        table: dict[int, tuple[int, Path]] = {}
-        for p in folder.iterdir():
-            if p.suffix.lower() != ".png":
-                continue
-            match = PNG_NAME.match(p.name)
-            if not match:
-                raise DataError(f"{p}: file name is not of the form <index>.<digit>.png")
-            table[int(match.group(1))] = (int(match.group(2)), p)
-        tables.append(table)
-    reference = tables[0]
-    for folder, table in zip(folders[1:], tables[1:]):
-        if len(table) != len(reference):
-            raise DataError(f"{folder}: {len(table)} images but {folders[0]} has {len(reference)}")
-        for i, (digit, _) in reference.items():
-            if i not in table:
-                raise DataError(f"{folder}: missing tuple index {i} (present in {folders[0]})")
-            if table[i][0] != digit:
-                raise DataError(f"{table[i][1]}: digit {table[i][0]} but {reference[i][1].name} says {digit}")
-    index = sorted(reference)
-    labels = torch.tensor([reference[i][0] for i in index], dtype=torch.long)
-    images = []
-    for table in tables:
-        arr = np.stack([_read_png(table[i][1]) for i in index])  # (N, H, W, 3)
-        images.append(torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous())
+    tables = [list_png_folder(folder) for folder in folders]
+    _check_aligned(folders, tables)
+    index = sorted(tables[0])
+    labels = torch.tensor([tables[0][i].digit for i in index], dtype=torch.long)
+    images = [decode_png_folder(folder, table, index) for folder, table in zip(folders, tables)]
     specs = [ModalitySpec(f"m{k}", tuple(x.shape[1:])) for k, x in enumerate(images)]
     return MultimodalDataset(specs, images, labels, fingerprint=fingerprint(images, labels))
+
+
+def detect_layout(root: Path, split: str) -> str:
+    """``"pt"`` when ``root/split`` holds tensor files, else ``"png"``."""
+    split_dir = Path(root) / split
+    return "pt" if (split_dir / "labels.pt").exists() or (split_dir / "m0.pt").exists() else "png"
 
 
 def read_polymnist(root: str | Path, split: str, limit: int = 0) -> MultimodalDataset:
@@ -148,8 +266,7 @@ def read_polymnist(root: str | Path, split: str, limit: int = 0) -> MultimodalDa
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    split_dir = root / split
-    if (split_dir / "labels.pt").exists() or (split_dir / "m0.pt").exists():
+    if detect_layout(root, split) == "pt":
         return read_tensor_layout(root, split, limit)
     return read_png_layout(root, split, limit)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from mmgen.config import check_nonnegative, check_positive
 from mmgen.langevin import LangevinKernel, run_chain
 from mmgen.latent import Inference, InferenceResult
 
@@ -27,6 +28,10 @@ class LangevinInferenceConfig:
     anneal_noise: bool = False
     generator_step: bool = True
 
+    def __post_init__(self):
+        check_positive(self, "step_size")
+        check_nonnegative(self, "steps", "clip_grad")
+
 
 class LangevinInference(Inference):
     """Posterior Langevin dynamics from the encoder's sample."""
@@ -35,6 +40,11 @@ class LangevinInference(Inference):
         super().__init__()
         self.cfg = cfg
         self.generator_step = cfg.generator_step
+
+    def stabilize(self, factor: float) -> list[str]:
+        old = self.cfg.step_size
+        self.cfg.step_size = old * factor
+        return [f"posterior Langevin step size {old:.4g} -> {self.cfg.step_size:.4g}"]
 
     def target(self, model, batch, mask: Tensor, w: Tensor | None):
         """The unnormalised log posterior over the observed modalities, per chain."""
@@ -49,5 +59,5 @@ class LangevinInference(Inference):
                keep_chain: bool = False) -> InferenceResult:
         kernel = LangevinKernel(self.target(model, batch, mask, w), self.cfg.step_size, self.cfg.clip_grad)
         result = run_chain(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
-        stats = {f"posterior_chain/{k}": v for k, v in result.stats.items()}
+        stats = {f"chain/{k}": v for k, v in result.stats.items()}
         return InferenceResult(result.z, stats, result.chain)

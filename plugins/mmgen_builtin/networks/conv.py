@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mmgen.config import check_positive
+
 
 @dataclass
 class ConvConfig:
@@ -18,6 +20,9 @@ class ConvConfig:
 
     hidden: int = 32
     fc: int = 128
+
+    def __post_init__(self):
+        check_positive(self, "hidden", "fc")
 
 
 def _trunk(channels: int, hidden: int) -> nn.Sequential:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mmgen.config import check_nonnegative, check_positive
+
 
 @dataclass
 class MLPConfig:
@@ -15,6 +17,10 @@ class MLPConfig:
 
     hidden: int = 128
     depth: int = 2
+
+    def __post_init__(self):
+        check_positive(self, "hidden")
+        check_nonnegative(self, "depth")
 
 
 def _mlp(n_in: int, n_out: int, cfg: MLPConfig) -> nn.Sequential:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mmgen.config import check_nonnegative, check_positive
 from mmgen.errors import MMGenError
 from mmgen.langevin import ChainResult, LangevinKernel, run_chain
 from mmgen.latent import Prior
@@ -42,6 +43,12 @@ class EBMConfig:
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
+
+    def __post_init__(self):
+        check_positive(self, "hidden", "sigma0", "step_size", "lr")
+        check_nonnegative(self, "depth", "steps", "clip_grad", "energy_l2", "weight_decay")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: unknown '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
 
 
 class EnergyMLP(nn.Module):
@@ -102,7 +109,7 @@ class EBMPrior(Prior):
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
         kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
         result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
-        self._diagnostics = {f"prior_chain/{k}": v for k, v in result.stats.items()}
+        self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
@@ -119,13 +126,18 @@ class EBMPrior(Prior):
         loss = f_neg.mean() - f_pos.mean()
         if self.cfg.energy_l2:
             loss = loss + self.cfg.energy_l2 * (f_pos.pow(2).mean() + f_neg.pow(2).mean())
-        self._diagnostics.update({"ebm/f_pos": f_pos.mean().detach(), "ebm/f_neg": f_neg.mean().detach()})
+        self._diagnostics.update({"f_pos": f_pos.mean().detach(), "f_neg": f_neg.mean().detach()})
         return loss
 
     def param_groups(self) -> list[dict]:
         """The energy network trains with its own Adam settings (default lr 2e-5, betas 0.5/0.999)."""
         return [{"params": list(self.energy.parameters()), "lr": self.cfg.lr,
                  "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}]
+
+    def stabilize(self, factor: float) -> list[str]:
+        old = self.cfg.step_size
+        self.cfg.step_size = old * factor
+        return [f"prior Langevin step size {old:.4g} -> {self.cfg.step_size:.4g}"]
 
     def diagnostics(self) -> dict[str, Tensor]:
         return dict(self._diagnostics)

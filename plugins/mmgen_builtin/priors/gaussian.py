@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mmgen.config import check_positive
 from mmgen import distributions as dist
 from mmgen.latent import Prior
 
@@ -17,6 +18,9 @@ class FixedPriorConfig:
 
     scale: float = 1.0
     learn_scale: bool = False
+
+    def __post_init__(self):
+        check_positive(self, "scale")
 
 
 class FamilyPrior(Prior):

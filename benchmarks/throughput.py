@@ -1,0 +1,144 @@
+"""Training throughput of every recipe: tuples per second and milliseconds per optimizer step.
+
+Each recipe runs with its own networks and objective on its own dataset (the offline default
+unless the recipe names another) at one batch size, on the CPU and, when one is available, on
+CUDA. A step is what ``mmgen train`` does per batch: host-to-device copy, forward, backward,
+optimizer step. The first ``--warmup`` steps are not timed.
+
+    python benchmarks/throughput.py                      # every recipe in configs/, CPU (+ CUDA)
+    python benchmarks/throughput.py --recipes mmvae mvae --steps 20 --json out.json
+
+Results print as a table and are written as JSON (``--json``, default
+benchmarks/results/throughput-<host>.json) with the command, date, torch version and hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mmgen.config import compose, list_recipes, resolve
+from mmgen.data import EpochBatches
+from mmgen.model import build_model
+from mmgen.plugins import create_plugin_manager
+from mmgen.train import load_datasets, make_optimizer
+
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_name() -> str:
+    """The CPU model as lscpu reports it (falls back to platform.processor())."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: int, plugins, overrides: list[str]) -> dict:
+    """Time ``steps`` training steps of ``recipe`` on ``device``; returns one result row."""
+    raw = compose(recipe, overrides=[f"train.batch_size={batch_size}", f"train.device={device}", *overrides])
+    cfg = resolve(raw, plugins.registry)
+    torch.manual_seed(cfg["seed"])
+    train_set, _ = load_datasets(cfg, plugins)
+    model = build_model(cfg, plugins.registry, train_set.modalities).to(device)
+    optimizer = make_optimizer(model, cfg["train"])
+    model.train()
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from EpochBatches(train_set, batch_size, cfg["seed"], epoch)
+            epoch += 1
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    it = batches()
+    elapsed = 0.0
+    for i in range(warmup + steps):
+        host = next(it)
+        sync()
+        t0 = time.perf_counter()
+        out = model(host.to(device))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        if i >= warmup:
+            elapsed += time.perf_counter() - t0
+    m = cfg["model"]
+    return {
+        "recipe": recipe,
+        "device": device,
+        "batch_size": batch_size,
+        "steps": steps,
+        "ms_per_step": round(1000 * elapsed / steps, 2),
+        "tuples_per_s": round(batch_size * steps / elapsed, 2),
+        "modalities": train_set.num_modalities,
+        "networks": f"{m['encoder']['name']}/{m['decoder']['name']}",
+        "objective": f"{m['objective']['name']} (k={m['objective'].get('k', 1)})",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_loss": round(float(out.loss.detach()), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="*", default=None, help="recipe names (default: every recipe in configs/)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per recipe and device")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: cpu, plus cuda if available)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", default=None, help="where to write the results as JSON")
+    parser.add_argument("overrides", nargs="*", help="key.path=value config overrides applied to every recipe")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    recipes = args.recipes or list_recipes()
+    plugins = create_plugin_manager()
+    load_before = os.getloadavg()  # other processes on the machine skew CPU timings: record them
+    rows = []
+    header = f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}"
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        for recipe in recipes:
+            row = bench_recipe(recipe, device, args.batch_size, args.steps, args.warmup, plugins, args.overrides)
+            rows.append(row)
+            print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"
+                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}", flush=True)
+
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name if argv is None else "throughput.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "results": rows,
+    }
+    path = Path(args.json) if args.json else HERE / "results" / f"throughput-{platform.node() or 'host'}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nload average (1/5/15 min) before {report['load_average_before']}, after {report['load_average_after']}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Command-line commands the built-in plugin adds to ``mmgen`` (through ``register_commands``)."""

@@ -1,0 +1,76 @@
+"""MVAE's sub-sampled training objective (Wu & Goodman 2018).
+
+A product-of-experts posterior trained only on the full set of modalities never learns to infer
+from fewer of them, so MVAE sums ELBO terms over several sets of observed modalities:
+
+    L = ELBO(x_1..M) + sum_m ELBO(x_m) + sum_{j=1..k} ELBO(x_{S_j}),  S_j random subsets,
+
+where ELBO(x_S) = E_{q(z | x_S)} [sum_{m in S} log p(x_m | z)] - beta KL(q(z | x_S) || p(z)).
+A subset is just a narrower mask handed to the aggregator (missing modalities are a mask), so the
+objective works with any aggregator; each term is the stratified ELBO of :mod:`.elbo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmgen.latent import ObjectiveResult
+
+from .elbo import Elbo, ElboConfig, Terms, sample_terms, summary_stats
+
+
+@dataclass
+class MvaeConfig(ElboConfig):
+    """``unimodal``: add each single modality's ELBO; ``random_subsets``: add k ELBOs on random
+    subsets of size 2..M-1 (MVAE's sub-sampling for many modalities), drawn per batch."""
+
+    unimodal: bool = True
+    random_subsets: int = 0
+
+
+class Mvae(Elbo):
+    """Sum of the joint ELBO, the unimodal ELBOs and k random-subset ELBOs."""
+
+    def __init__(self, cfg: MvaeConfig):
+        super().__init__(cfg)
+        self.unimodal, self.random_subsets = cfg.unimodal, cfg.random_subsets
+
+    def subset_masks(self, num_modalities: int, device: torch.device) -> list[Tensor | None]:
+        """``(M,)`` bool masks of the terms; None stands for the batch's own (joint) mask."""
+        masks: list[Tensor | None] = [None]
+        eye = torch.eye(num_modalities, dtype=torch.bool, device=device)
+        if self.unimodal and num_modalities > 1:
+            masks += list(eye)
+        if num_modalities > 2:
+            for _ in range(self.random_subsets):
+                size = int(torch.randint(2, num_modalities, ()))
+                chosen = torch.randperm(num_modalities)[:size].to(device)
+                masks.append(eye[chosen].any(0))
+        return masks
+
+    def term(self, model, x: list[Tensor], mask: Tensor) -> tuple[Tensor, Terms | None]:
+        """One ELBO term summed over the batch rows that observe at least one of its modalities,
+        divided by the batch size (rows without any contribute zero, never a NaN)."""
+        rows = mask.any(-1)
+        if not bool(rows.any()):
+            return x[0].new_zeros(()), None
+        if not bool(rows.all()):
+            x, mask = [x_m[rows] for x_m in x], mask[rows]
+        terms = sample_terms(model, x, mask, self.k, self.stratified)
+        per_row = self.bound(terms.log_weights(self.beta), terms.strata.weight)  # (B',)
+        return per_row.sum() / rows.numel(), terms
+
+    def forward(self, model, batch) -> ObjectiveResult:
+        total, joint = None, None
+        for sub in self.subset_masks(batch.mask.size(1), batch.mask.device):
+            mask = batch.mask if sub is None else batch.mask & sub
+            value, terms = self.term(model, batch.x, mask)
+            total = value if total is None else total + value
+            if joint is None:
+                joint = (value, terms)
+        stats = summary_stats(joint[1], joint[0])  # the joint term, comparable with other objectives
+        stats["mvae_objective"] = total.detach()
+        return ObjectiveResult(-total, joint[1].posterior, joint[1].private, stats)

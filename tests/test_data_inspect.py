@@ -1,0 +1,41 @@
+"""``mmgen data inspect``: counts per split, modality and label, and a PNG grid of example tuples."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from .test_data_readers import DIGITS, assert_one_line_error, invoke, write_png_dataset, write_pt_dataset
+
+
+def test_inspect_prints_counts_and_saves_a_grid(tmp_path):
+    write_png_dataset(tmp_path, 3, "train")
+    write_png_dataset(tmp_path, 3, "test", indices=[0, 1], digits={0: 4, 1: 4})
+    result = invoke("data", "inspect", tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "│ train" in line or "│ test" in line]
+    assert len(rows) == 6  # one row per split and modality
+    assert "m2" in rows[2] and "3x28x28" in rows[0]
+    header = next(line for line in result.stdout.splitlines() if "tuples" in line)
+    labels = sorted(set(DIGITS.values()))
+    assert [c.strip() for c in header.split("┃")[5:-1]] == [str(y) for y in labels]
+    test_row = [c.strip() for c in rows[3].split("│")[1:-1]]
+    assert test_row[:4] == ["test", "m0", "3x28x28", "2"]
+    assert test_row[4:] == ["2" if y == 4 else "0" for y in labels]
+    grid = Image.open(tmp_path / "inspect.png")
+    # save_grid: 2 px padding, 2x upscale; 3 modality rows, 5 tuples (one per label) across
+    assert grid.size == (2 * (5 * 30 + 2), 2 * (3 * 30 + 2))
+
+
+def test_inspect_tensor_layout_with_out_option(tmp_path):
+    write_pt_dataset(tmp_path / "ds", 2, "test", n=12)
+    out = tmp_path / "figs" / "grid.png"
+    result = invoke("data", "inspect", tmp_path / "ds", "--out", out, "--examples", "4")
+    assert result.exit_code == 0, result.output
+    assert "pt layout" in result.stdout and Image.open(out).size == (2 * (4 * 30 + 2), 2 * (2 * 30 + 2))
+    assert not (tmp_path / "ds" / "inspect.png").exists()
+
+
+def test_inspect_missing_folder(tmp_path):
+    assert_one_line_error(invoke("data", "inspect", tmp_path / "nope"), tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke("data", "inspect", tmp_path / "empty"), "no train/ or test/")

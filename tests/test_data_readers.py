@@ -1,0 +1,174 @@
+"""PolyMNIST readers on tiny datasets in both official layouts, the PNG cache, and bad input via the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mmgen.cli.main import create_app
+from mmgen.errors import DataError
+from mmgen_builtin.datasets import polymnist
+from mmgen_builtin.datasets.polymnist import PolyMNISTConfig, polymnist_dataset, read_polymnist
+
+# Deliberately not 0..N-1 and not in lexicographic order ("10" < "2"): alignment must come from
+# the explicit index, never from how the folder happens to list.
+INDICES = [10, 2, 7, 0, 31]
+DIGITS = {10: 4, 2: 1, 7: 9, 0: 0, 31: 7}
+
+
+def tuple_image(i: int, m: int, size: int = 28) -> np.ndarray:
+    """An (H, W, 3) image that encodes its tuple index and modality, so alignment can be checked."""
+    img = np.zeros((size, size, 3), dtype=np.uint8)
+    img[..., 0] = i
+    img[..., 1] = m
+    img[..., 2] = (i * 7 + m * 13) % 256
+    return img
+
+
+def write_png_dataset(root, m: int, split: str = "train", indices=INDICES, digits=DIGITS):
+    """PNG layout ``root/split/m{k}/{i}.{digit}.png``, each folder written in a different order."""
+    for k in range(m):
+        folder = root / split / f"m{k}"
+        folder.mkdir(parents=True)
+        order = indices[k % len(indices):] + indices[:k % len(indices)]
+        for i in order:
+            Image.fromarray(tuple_image(i, k)).save(folder / f"{i}.{digits[i]}.png")
+    return root
+
+
+def write_pt_dataset(root, m: int, split: str = "train", n: int = 5):
+    """Tensor layout ``root/split/m{k}.pt`` + ``labels.pt``."""
+    (root / split).mkdir(parents=True)
+    for k in range(m):
+        x = torch.from_numpy(np.stack([tuple_image(i, k) for i in range(n)])).permute(0, 3, 1, 2).contiguous()
+        torch.save(x, root / split / f"m{k}.pt")
+    torch.save(torch.arange(n) % 10, root / split / "labels.pt")
+    return root
+
+
+def invoke(*args):
+    return CliRunner().invoke(create_app(), [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles):
+    """Exit code 2, no traceback, and exactly one non-empty stderr line holding every needle."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1, lines
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("m", [2, 3, 7])
+def test_png_layout_aligns_by_index_and_reads_m_from_disk(tmp_path, m):
+    write_png_dataset(tmp_path, m)
+    ds = read_polymnist(tmp_path, "train")
+    assert ds.num_modalities == m and len(ds) == len(INDICES)
+    order = sorted(INDICES)
+    assert ds.labels.tolist() == [DIGITS[i] for i in order]
+    for k in range(m):
+        for j, i in enumerate(order):
+            assert torch.equal(ds.images[k][j], torch.from_numpy(tuple_image(i, k)).permute(2, 0, 1))
+    assert [s.name for s in ds.modalities] == [f"m{k}" for k in range(m)]
+    assert ds.images[0].dtype == torch.uint8 and ds.images[0].shape[1:] == (3, 28, 28)
+
+
+@pytest.mark.parametrize("m", [2, 3, 7])
+def test_tensor_layout(tmp_path, m):
+    write_pt_dataset(tmp_path, m)
+    ds = read_polymnist(tmp_path, "train")
+    assert ds.num_modalities == m and len(ds) == 5
+    assert ds.labels.tolist() == [0, 1, 2, 3, 4]
+    assert int(ds.images[m - 1][3, 0, 0, 0]) == 3 and int(ds.images[m - 1][3, 1, 0, 0]) == m - 1
+
+
+def test_same_content_gives_same_fingerprint_in_both_layouts(tmp_path):
+    write_png_dataset(tmp_path / "png", 2, indices=[0, 1, 2, 3, 4], digits={i: i for i in range(5)})
+    write_pt_dataset(tmp_path / "pt", 2)
+    assert read_polymnist(tmp_path / "png", "train").fingerprint == read_polymnist(tmp_path / "pt", "train").fingerprint
+
+
+def test_modalities_option_takes_the_first_n_and_rejects_too_many(tmp_path):
+    write_png_dataset(tmp_path, 3)
+    assert polymnist_dataset(PolyMNISTConfig(str(tmp_path), 2), "train").num_modalities == 2
+    with pytest.raises(DataError, match="has 3 modalities"):
+        polymnist_dataset(PolyMNISTConfig(str(tmp_path), 4), "train")
+
+
+def test_png_cache_is_used_and_invalidated_by_mtime(tmp_path, monkeypatch):
+    write_png_dataset(tmp_path, 2)
+    first = read_polymnist(tmp_path, "train")
+    calls = []
+    real = polymnist._read_png
+    monkeypatch.setattr(polymnist, "_read_png", lambda p: calls.append(p) or real(p))
+    again = read_polymnist(tmp_path, "train")
+    assert calls == [] and again.fingerprint == first.fingerprint
+    touched = tmp_path / "train" / "m1" / "7.9.png"
+    Image.fromarray(np.full((28, 28, 3), 200, np.uint8)).save(touched)
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # coarse clocks: force a new mtime
+    changed = read_polymnist(tmp_path, "train")
+    assert len(calls) == len(INDICES)  # m1 decoded again, m0 still cached
+    assert int(changed.images[1][sorted(INDICES).index(7)].max()) == 200
+
+
+def test_float_tensor_layout_is_converted_and_out_of_range_floats_rejected(tmp_path):
+    write_pt_dataset(tmp_path, 2)
+    torch.save(torch.full((5, 3, 28, 28), 0.5), tmp_path / "train" / "m1.pt")
+    assert int(read_polymnist(tmp_path, "train").images[1][0, 0, 0, 0]) == 128
+    torch.save(torch.full((5, 3, 28, 28), 7.0), tmp_path / "train" / "m1.pt")
+    with pytest.raises(DataError, match="m1.pt"):
+        read_polymnist(tmp_path, "train")
+
+
+# -- bad input through the CLI: exit 2, one line naming the file, never a shorter dataset ------
+def test_missing_modality_folder(tmp_path):
+    write_png_dataset(tmp_path, 3)
+    for p in (tmp_path / "train" / "m1").iterdir():
+        p.unlink()
+    (tmp_path / "train" / "m1").rmdir()
+    assert_one_line_error(invoke("data", "inspect", tmp_path), "missing modality m1", tmp_path / "train")
+
+
+def test_file_count_mismatch_across_modalities(tmp_path):
+    write_png_dataset(tmp_path, 2)
+    (tmp_path / "train" / "m1" / "7.9.png").unlink()
+    assert_one_line_error(invoke("data", "inspect", tmp_path), tmp_path / "train" / "m1" / "7.9.png", "4 images")
+
+
+def test_tensor_count_mismatch(tmp_path):
+    write_pt_dataset(tmp_path, 2)
+    torch.save(torch.zeros(4, 3, 28, 28, dtype=torch.uint8), tmp_path / "train" / "m1.pt")
+    assert_one_line_error(invoke("data", "inspect", tmp_path), tmp_path / "train" / "m1.pt", "4 images")
+
+
+def test_digit_disagreement_and_duplicate_index(tmp_path):
+    write_png_dataset(tmp_path, 2)
+    (tmp_path / "train" / "m1" / "7.9.png").rename(tmp_path / "train" / "m1" / "7.8.png")
+    assert_one_line_error(invoke("data", "inspect", tmp_path), "7.8.png", "digit 8")
+    (tmp_path / "train" / "m0" / "07.9.png").write_bytes((tmp_path / "train" / "m0" / "7.9.png").read_bytes())
+    assert_one_line_error(invoke("data", "inspect", tmp_path), "appears twice")
+
+
+def test_corrupt_png(tmp_path):
+    write_png_dataset(tmp_path, 2)
+    bad = tmp_path / "train" / "m1" / "2.1.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # a truncated file, as an interrupted copy leaves it
+    assert_one_line_error(invoke("data", "inspect", tmp_path), "corrupt image file", bad)
+
+
+@pytest.mark.slow
+def test_corrupt_png_in_train(tmp_path):
+    write_png_dataset(tmp_path, 2)
+    write_png_dataset(tmp_path, 2, split="test")
+    bad = tmp_path / "train" / "m0" / "31.7.png"
+    bad.write_bytes(b"not a png at all")
+    result = invoke("train", "--data", f"polymnist:{tmp_path}", "--max-steps", "1", "--batch-size", "2",
+                    "--out", tmp_path / "run", "train.progress=false", "train.device=cpu")
+    assert_one_line_error(result, "corrupt image file", bad)

@@ -1,0 +1,157 @@
+"""`mmgen classifiers train` and `mmgen evaluate` end to end on a tiny run; classifier files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmgen.classifiers import (
+    ClassifierConfig,
+    ClassifierMismatchError,
+    default_path,
+    load_classifiers,
+    save_classifiers,
+    train_classifiers,
+)
+from mmgen.cli.main import create_app
+from tests.helpers import tiny_model
+
+DATA = ["data.modalities=2", "data.train_size=64", "data.test_size=16"]
+QUICK = ["--epochs", "1", "--min-steps", "3", "--no-progress"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(create_app(with_plugin_commands=False), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run trained by the CLI, and classifiers for its dataset trained into the (test) cache."""
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("eval") / "run"
+    result = invoke("train", "--max-steps", "4", "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    result = invoke("classifiers", "train", "--data", "default", *QUICK, *DATA)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    return out
+
+
+def test_evaluate_writes_eval_json_and_figures(tiny_run):
+    result = invoke("evaluate", tiny_run, "--n", "40", "--batch-size", "16", "--no-progress",
+                    "nll.k=3", "probe.max_train=32")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tiny_run / "eval.json").read_text())
+    assert set(report["metrics"]) == {"cross_coherence", "joint_coherence", "fd", "fid", "probe", "nll"}
+    cross = report["metrics"]["cross_coherence"]
+    assert len(cross["matrix_1to1"]) == 2 and cross["matrix_1to1"][0][0] is None
+    assert 0.0 <= cross["mean_1to1"] <= 1.0 and len(cross["mean_by_size"]) == 1
+    assert 0.0 <= report["metrics"]["joint_coherence"]["coherence"] <= 1.0
+    assert report["metrics"]["joint_coherence"]["n"] == 40
+    assert len(report["metrics"]["fd"]["unconditional"]) == 2
+    assert "skipped" in report["metrics"]["fid"]
+    assert 0.0 <= report["metrics"]["probe"]["accuracy"] <= 1.0
+    assert report["metrics"]["nll"]["k"] == 3 and report["metrics"]["nll"]["nll"] > 0
+    assert report["metric_options"]["nll"]["k"] == 3
+    assert len(report["classifiers"]["test_accuracy"]) == 2
+    assert report["seed"] == 0 and report["dataset"]["fingerprint"] == report["classifiers"]["fingerprint"]
+    assert report["command"].startswith("mmgen evaluate") and "nll.k=3" in report["command"]
+    for name in ("joint.png", "cross.png", "refinement.png"):
+        assert (tiny_run / "figures" / name).is_file()
+    assert "cross_coherence/mean_1to1" in result.output  # the table
+
+
+def test_evaluate_json_and_metric_selection(tiny_run, tmp_path):
+    result = invoke("evaluate", tiny_run, "--metrics", "joint_coherence", "--n", "10", "--json", "--no-figures",
+                    "--no-progress", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert list(report["metrics"]) == ["joint_coherence"] and report["n"] == 10
+    assert (tmp_path / "eval.json").is_file() and not (tmp_path / "figures").exists()
+
+
+def test_evaluate_same_seed_same_numbers(tiny_run, tmp_path):
+    args = ["--metrics", "cross_coherence,joint_coherence,fd", "--n", "30", "--json", "--no-figures", "--no-progress"]
+    a = json.loads(invoke("evaluate", tiny_run, *args, "--out", tmp_path / "a").stdout)
+    b = json.loads(invoke("evaluate", tiny_run, *args, "--out", tmp_path / "b").stdout)
+    assert a["metrics"] == b["metrics"]
+
+
+def test_classifiers_of_another_dataset_are_refused(tiny_run, tmp_path):
+    other = tmp_path / "other.pt"
+    result = invoke("classifiers", "train", "--data", "default", "--out", other, *QUICK, *DATA, "data.seed=1")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", tiny_run, "--classifiers", other, "--n", "8", "--no-progress")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: classifiers") and "trained on dataset" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
+    result = invoke("evaluate", tiny_run, "--metrics", "joint_coherense", "--no-progress")
+    assert result.exit_code == 2 and "did you mean 'joint_coherence'" in result.output
+    result = invoke("evaluate", tiny_run, "--metrics", "nll", "nll.kk=3", "--no-progress")
+    assert result.exit_code == 2 and "nll.kk: unknown option" in result.output
+    result = invoke("evaluate", tmp_path / "nothing", "--no-progress")
+    assert result.exit_code == 2 and "no checkpoint" in result.output
+    result = invoke("evaluate", tiny_run, "--metrics", "fid", "--inception-weights", tmp_path / "missing.pt",
+                    "--no-progress", "--no-figures")
+    assert result.exit_code == 2 and "Inception weights file not found" in result.output
+
+
+def test_evaluate_on_another_dataset_with_same_modalities(tiny_run):
+    # data.seed is not settable through --data NAME, so use a same-named dataset: options carry over.
+    result = invoke("evaluate", tiny_run, "--data", "default", "--metrics", "joint_coherence", "--n", "8",
+                    "--no-progress", "--no-figures", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["config"]["modalities"] == 2
+    assert (tiny_run / f"eval-{report['dataset']['fingerprint']}" / "eval.json").is_file()
+    result = invoke("evaluate", tiny_run, "--data", "polymnist:/no/such/folder", "--no-progress")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier files and periodic evaluation
+# ----------------------------------------------------------------------------------------------
+def test_classifier_round_trip_and_mismatch(plugins, tiny_overrides, tmp_path):
+    from mmgen.train import load_datasets
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(plugins, tiny_overrides)
+    train_set, test_set = load_datasets(cfg, plugins)
+    clf = train_classifiers(train_set, test_set, ClassifierConfig(epochs=1, min_steps=2), progress=False)
+    path = save_classifiers(clf, tmp_path / "c.pt")
+    back = load_classifiers(path, train_set)
+    x = test_set.batch(torch.arange(4)).to("cpu").x[0]
+    assert torch.equal(clf.classify(0, x)[0], back.classify(0, x)[0])
+    assert back.meta["test_accuracy"] == clf.meta["test_accuracy"]
+    other, _ = load_datasets(tiny_config(plugins, tiny_overrides, ["data.seed=5"]), plugins)
+    with pytest.raises(ClassifierMismatchError, match="trained on dataset"):
+        load_classifiers(path, other)
+
+
+def test_evaluate_during_training_leaves_rng_and_mode(plugins, tiny_overrides, tmp_path):
+    from mmgen.evaluation import evaluate_during_training
+    from mmgen.train import load_datasets
+
+    cfg, model, train_set = tiny_model(plugins, tiny_overrides)
+    _, test_set = load_datasets(cfg, plugins)
+    path = default_path(train_set)
+    if not path.is_file():
+        save_classifiers(train_classifiers(train_set, test_set, ClassifierConfig(epochs=1, min_steps=2),
+                                           progress=False), path)
+    model.train()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    record = evaluate_during_training(model, train_set, test_set, plugins.registry, tmp_path, step=8, epoch=1, n=20)
+    assert torch.equal(torch.get_rng_state(), before) and model.training
+    assert record["step"] == 8 and "joint_coherence/coherence" in record
+    line = json.loads((tmp_path / "eval.jsonl").read_text().splitlines()[0])
+    assert line["cross_coherence/mean_1to1"] == record["cross_coherence/mean_1to1"]
