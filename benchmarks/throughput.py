@@ -3,7 +3,8 @@
 Each recipe runs with its own networks and objective on its own dataset (the offline default
 unless the recipe names another) at one batch size, on the CPU and, when one is available, on
 CUDA. A step is what ``mmgen train`` does per batch: host-to-device copy, forward, backward,
-optimizer step. The first ``--warmup`` steps are not timed.
+optimizer step. The first ``--warmup`` steps are not timed; ms/step is the median timed step
+(tuples/s = batch size / median), with the mean and the fastest step in the JSON.
 
     python benchmarks/throughput.py                      # every recipe in configs/, CPU (+ CUDA)
     python benchmarks/throughput.py --recipes mmvae mvae --steps 20 --json out.json
@@ -15,9 +16,11 @@ benchmarks/results/throughput-<host>.json) with the command, date, torch version
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -65,7 +68,7 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     it = batches()
-    elapsed = 0.0
+    times = []
     for i in range(warmup + steps):
         host = next(it)
         sync()
@@ -76,15 +79,19 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         optimizer.zero_grad(set_to_none=True)
         sync()
         if i >= warmup:
-            elapsed += time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
+    # The median step: robust to the odd step slowed by another process on a shared machine.
+    median = statistics.median(times)
     m = cfg["model"]
     return {
         "recipe": recipe,
         "device": device,
         "batch_size": batch_size,
         "steps": steps,
-        "ms_per_step": round(1000 * elapsed / steps, 2),
-        "tuples_per_s": round(batch_size * steps / elapsed, 2),
+        "ms_per_step": round(1000 * median, 2),
+        "tuples_per_s": round(batch_size / median, 2),
+        "ms_per_step_mean": round(1000 * statistics.fmean(times), 2),
+        "ms_per_step_min": round(1000 * min(times), 2),
         "modalities": train_set.num_modalities,
         "networks": f"{m['encoder']['name']}/{m['decoder']['name']}",
         "objective": f"{m['objective']['name']} (k={m['objective'].get('k', 1)})",
@@ -117,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     print("-" * len(header))
     for device in devices:
         for recipe in recipes:
+            gc.collect()
             row = bench_recipe(recipe, device, args.batch_size, args.steps, args.warmup, plugins, args.overrides)
             rows.append(row)
             print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"

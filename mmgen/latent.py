@@ -185,6 +185,11 @@ class Prior(Stabilizable, nn.Module, abc.ABC):
         """``n`` samples, ``(n, D)``."""
         ...
 
+    def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(log_prob(z), grad_z log_prob(z))`` without autograd, or ``None`` when the prior has
+        no closed form (Langevin then differentiates :meth:`log_prob`)."""
+        return None
+
     def sample_chain(self, n: int, device: torch.device | str = "cpu") -> Tensor | None:
         """The states of the sampler's chain ``(K + 1, n, D)``; ``None`` for direct samplers."""
         return None

@@ -108,10 +108,18 @@ class MultimodalModel(nn.Module):
         out = self.decoders[m](h.reshape(-1, h.size(-1)))
         return out.reshape(*lead, *out.shape[1:])
 
-    def log_likelihood(self, x: list[Tensor], z: Tensor, w: Tensor | None = None) -> Tensor:
-        """log p(x_m | z[, w_m]) for every modality: z ``(..., B, D)`` -> ``(..., B, M)``."""
+    def log_likelihood(self, x: list[Tensor], z: Tensor, w: Tensor | None = None,
+                       modalities: list[int] | None = None) -> Tensor:
+        """log p(x_m | z[, w_m]) for every modality: z ``(..., B, D)`` -> ``(..., B, M)``.
+
+        ``modalities`` limits decoding to those listed (the others are 0): a conditional chain
+        need not pay for decoders whose modality it does not observe.
+        """
         out = []
         for m, x_m in enumerate(x):
+            if modalities is not None and m not in modalities:
+                out.append(z.new_zeros(z.shape[:-1]))
+                continue
             loc = self.decode(m, z, None if w is None else w[..., m, :])
             lp = dist.log_prob(self.likelihood_family, x_m, loc, torch.tensor(self.likelihood_scale, device=loc.device))
             out.append(lp.flatten(start_dim=lp.dim() - x_m.dim() + 1).sum(-1))

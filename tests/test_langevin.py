@@ -134,8 +134,9 @@ class LinearGaussianModel:
 
     def __init__(self, prior, W, sigma):
         self.prior, self.W, self.sigma = prior, W, sigma
+        self.latent_dim = W.size(1)
 
-    def log_likelihood(self, x, z, w=None):
+    def log_likelihood(self, x, z, w=None, modalities=None):
         loc = z @ self.W.T
         return (-0.5 * ((x[0] - loc) / self.sigma) ** 2).sum(-1, keepdim=True)  # (..., B, 1)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from mmgen.config import check_nonnegative, check_positive
@@ -47,17 +48,32 @@ class LangevinInference(Inference):
         return [f"posterior Langevin step size {old:.4g} -> {self.cfg.step_size:.4g}"]
 
     def target(self, model, batch, mask: Tensor, w: Tensor | None):
-        """The unnormalised log posterior over the observed modalities, per chain."""
+        """The unnormalised log posterior over the observed modalities, per chain, and a fused
+        value-and-gradient when the prior has a closed-form gradient (only the decoders then go
+        through autograd)."""
+        observed = [m for m in range(mask.size(1)) if bool(mask[:, m].any())]
+
+        def log_likelihood(z: Tensor) -> Tensor:
+            return (model.log_likelihood(batch.x, z, w, observed) * mask).sum(-1)
 
         def log_prob(z: Tensor) -> Tensor:
-            ll = (model.log_likelihood(batch.x, z, w) * mask).sum(-1)
-            return model.prior.log_prob(z, frozen=True) + ll
+            return model.prior.log_prob(z, frozen=True) + log_likelihood(z)
 
-        return log_prob
+        def value_and_grad(z: Tensor) -> tuple[Tensor, Tensor]:
+            prior_lp, prior_grad = model.prior.log_prob_and_grad(z)
+            with torch.enable_grad():
+                z = z.detach().requires_grad_(True)
+                ll = log_likelihood(z)
+                (grad,) = torch.autograd.grad(ll.sum(), z)
+            return prior_lp + ll.detach(), prior_grad + grad
+
+        probe = model.prior.log_prob_and_grad(batch.x[0].new_zeros(1, model.latent_dim))
+        return log_prob, (value_and_grad if probe is not None else None)
 
     def refine(self, model, z: Tensor, batch, mask: Tensor, w: Tensor | None = None,
                keep_chain: bool = False) -> InferenceResult:
-        kernel = LangevinKernel(self.target(model, batch, mask, w), self.cfg.step_size, self.cfg.clip_grad)
+        log_prob, grad_fn = self.target(model, batch, mask, w)
+        kernel = LangevinKernel(log_prob, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
         result = run_chain(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
         stats = {f"chain/{k}": v for k, v in result.stats.items()}
         return InferenceResult(result.z, stats, result.chain)

@@ -40,6 +40,7 @@ class EBMConfig:
     anneal_noise: bool = False
     energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term")
     energy_l2: float = 0.0  # optional penalty on f(z+)^2 + f(z-)^2 against drifting energies
+    fast_grad: bool = True  # hand-derived gradient of the MLP energy in Langevin (no autograd)
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
@@ -58,6 +59,7 @@ class EnergyMLP(nn.Module):
         super().__init__()
         if cfg.activation not in ACTIVATIONS:
             raise MMGenError(f"model.prior.activation: unknown '{cfg.activation}'; valid: {', '.join(ACTIVATIONS)}")
+        self.activation = cfg.activation
         layers: list[nn.Module] = []
         width = dim
         for _ in range(cfg.depth):
@@ -71,6 +73,40 @@ class EnergyMLP(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).squeeze(-1)
 
+    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """f(z) and grad_z f(z) in one forward pass and a hand-derived backward pass.
+
+        For h_0 = z, a_l = h_{l-1} W_l^T + b_l, h_l = act(a_l), f = h_L w^T + c:
+        grad = ((w * act'(a_L)) W_L * act'(a_{L-1}) ... ) W_1. No autograd graph is built, which
+        is what makes a 60-step prior chain cheap (docs/benchmarks.md). Weights are read once, so
+        with spectral norm the power iteration runs once per call, not once per layer use.
+        """
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        weights = [(lin.weight, lin.bias) for lin in linears]
+        h, slopes = z, []
+        for weight, bias in weights[:-1]:
+            h, slope = self.act_and_grad(torch.addmm(bias, h, weight.T))  # (N, H) each
+            slopes.append(slope)
+        w_out, b_out = weights[-1]
+        f = torch.addmm(b_out, h, w_out.T).squeeze(-1)  # (N,)
+        g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
+        for (weight, _), slope in zip(reversed(weights[:-1]), reversed(slopes)):
+            g = (g * slope) @ weight  # (N, H_in)
+        return f, g
+
+    def act_and_grad(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """The activation and its elementwise derivative, sharing intermediate results."""
+        name = self.activation
+        if name == "gelu":  # exact (erf) GELU: a * Phi(a); derivative Phi(a) + a * phi(a)
+            cdf = torch.erf(a * 0.7071067811865476).add_(1.0).mul_(0.5)
+            a_pdf = torch.exp(a * a * -0.5).mul_(a).mul_(0.3989422804014327)
+            return a * cdf, cdf.add_(a_pdf)
+        if name == "leaky_relu":
+            positive = a > 0
+            return torch.where(positive, a, 0.2 * a), torch.where(positive, 1.0, 0.2).to(a.dtype)
+        s = torch.sigmoid(a)  # silu: a * s; derivative s * (1 + a * (1 - s))
+        return a * s, s * (1 + a * (1 - s))
+
 
 class EBMPrior(Prior):
     """Exponentially tilted Gaussian prior on the shared latent, sampled by Langevin dynamics."""
@@ -82,6 +118,11 @@ class EBMPrior(Prior):
         self.cfg = cfg
         self.energy = EnergyMLP(dim, cfg)
         self._diagnostics: dict[str, Tensor] = {}
+
+    @property
+    def fast(self) -> bool:
+        """Whether Langevin may use the hand-derived gradient (an MLP energy and fast_grad on)."""
+        return self.cfg.fast_grad and isinstance(self.energy, EnergyMLP)
 
     def f(self, z: Tensor, frozen: bool = False) -> Tensor:
         """f_alpha(z); ``frozen`` evaluates it with detached parameters (gradient flows to z only)."""
@@ -104,10 +145,25 @@ class EBMPrior(Prior):
         """The Langevin target f(z) - |z|^2 / (2 sigma0^2), with frozen parameters."""
         return self.f(z, frozen=True) - 0.5 * z.pow(2).sum(-1) / self.cfg.sigma0**2
 
+    def unnormalized_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`unnormalized` and its gradient, without autograd."""
+        f, g = self.energy.value_and_grad(z)
+        s2 = self.cfg.sigma0**2
+        return f - 0.5 * z.pow(2).sum(-1) / s2, g - z / s2
+
+    def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
+        """log p_alpha(z) (up to log Z) and its gradient in closed form (posterior Langevin uses it)."""
+        if not self.fast:
+            return None
+        f, g = self.energy.value_and_grad(z)
+        w, s2 = self.cfg.energy_weight, self.cfg.sigma0**2
+        return w * f + self.base_log_prob(z), w * g - z / s2
+
     def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False) -> ChainResult:
         """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I)."""
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
-        kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
+        grad_fn = self.unnormalized_and_grad if self.fast else None
+        kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
         result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
         self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result

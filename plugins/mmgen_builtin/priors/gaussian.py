@@ -37,6 +37,11 @@ class FamilyPrior(Prior):
         log_scale = self.log_scale.detach() if frozen else self.log_scale
         return dist.log_prob(self.family, z, torch.zeros_like(z), log_scale.exp()).sum(-1)
 
+    def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        scale = self.log_scale.detach().exp()
+        grad = -z / scale**2 if self.family == "gaussian" else -torch.sign(z) / scale
+        return self.log_prob(z, frozen=True), grad
+
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         scale = self.log_scale.detach().exp().to(device)
         return dist.make(self.family, torch.zeros(n, self.dim, device=device), scale.expand(n, -1)).sample()
