@@ -92,10 +92,12 @@ class ClassifierSet(nn.Module):
 
     @property
     def fingerprint(self) -> str:
+        """Fingerprint of the training split the classifiers learned from."""
         return str(self.meta.get("fingerprint", ""))
 
     @property
     def num_classes(self) -> int:
+        """Number of digit classes (largest training label + 1)."""
         return int(self.meta["num_classes"])
 
     @torch.no_grad()

@@ -79,6 +79,10 @@ class TrainConfig:
     rollback_factor: float = 0.5  # rollback: multiply learning rates and Langevin step sizes by this
     max_rollbacks: int = 3
     progress: bool = True
+    eval_every: int = 0  # epochs between evaluations written to RUN_DIR/eval.jsonl; 0 = off
+    eval_metrics: list[str] = field(default_factory=lambda: ["cross_coherence", "joint_coherence"])
+    eval_n: int = 1000  # unconditional samples per periodic evaluation
+    eval_n_test: int = 1000  # test tuples per periodic evaluation; 0 = all
 
 
 @dataclass
@@ -103,9 +107,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.scale_param": ("softplus", "exp", "softmax"),
 }
 POSITIVE = ("model.latent_dim", "train.batch_size", "train.log_every", "train.checkpoint_every",
-            "model.likelihood.scale", "train.lr")
+            "model.likelihood.scale", "train.lr", "train.eval_n")
 NONNEGATIVE = ("model.private_dim", "train.epochs", "train.max_steps", "train.sample_every",
-               "train.grad_clip", "train.weight_decay", "train.max_rollbacks")
+               "train.grad_clip", "train.weight_decay", "train.max_rollbacks", "train.eval_every",
+               "train.eval_n_test")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +317,10 @@ def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
         target[key] = _resolve_component(_get_path(raw, path), path, kind, registry, errors)
     if not errors:
         _check_ranges(cfg, errors)
+        if cfg["train"]["eval_every"]:
+            from mmgen.evaluation import check_metric_names
+
+            errors += [f"train.eval_metrics: {e}" for e in check_metric_names(registry, cfg["train"]["eval_metrics"])]
     if errors:
         raise ConfigError(errors)
     return cfg

@@ -18,6 +18,7 @@ during training leaves the training run's random stream untouched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmgen.checkpoint import atomic_write_text
 from mmgen.classifiers import ClassifierSet, balanced_accuracy
@@ -97,7 +98,7 @@ class Moments:
         self.outer += x.T @ x
 
     def mean(self) -> Tensor:
-        """``(F,)``"""
+        """The mean ``(F,)``."""
         return self.shift + self.sum / self.n
 
     def cov(self) -> Tensor:
@@ -180,6 +181,44 @@ class CrossPass:
         return accuracy(self.preds[(subset, target)][keep], self.labels[keep], num_classes)
 
 
+class _MemoEncoder(nn.Module):
+    """An encoder that returns its last outputs again for the very same input tensors."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.memo: list[tuple[Tensor, Any]] = []
+
+    def forward(self, x: Tensor) -> Any:
+        for key, value in self.memo:
+            if key is x:
+                return value
+        value = self.inner(x)
+        self.memo = [*self.memo[-1:], (x, value)]  # the real and the blanked input of one batch
+        return value
+
+
+@contextlib.contextmanager
+def memoized_encoders(model: Any) -> Iterator[None]:
+    """Within the block, each encoder runs once per input tensor instead of once per call.
+
+    ``model.encode(x, mask)`` runs every encoder on every modality whatever the mask, so
+    conditioning one batch on all 2^M - 2 subsets would encode it 2^M - 2 times. Passing the
+    same tensor objects (the batch's images, or one blank per modality) makes every call after
+    the first a lookup; the model itself is untouched once the block ends. Models without an
+    ``encoders`` ModuleList are left alone.
+    """
+    encoders = getattr(model, "encoders", None)
+    if not isinstance(encoders, nn.ModuleList):
+        yield
+        return
+    model.encoders = nn.ModuleList([_MemoEncoder(e) for e in encoders])
+    try:
+        yield
+    finally:
+        model.encoders = encoders
+
+
 class _Task:
     """One progress-bar task (a no-op without a progress display)."""
 
@@ -208,7 +247,7 @@ class EvalContext:
     classifiers: ClassifierSet | None
     device: torch.device | str = "cpu"
     n: int = 10_000
-    batch_size: int = 500
+    batch_size: int = 256
     seed: int = 0
     generator: torch.Generator | None = None
     refine: bool = True
@@ -223,6 +262,7 @@ class EvalContext:
 
     @property
     def num_modalities(self) -> int:
+        """M."""
         return len(self.test_set.modalities)
 
     @property
@@ -256,18 +296,25 @@ class EvalContext:
         for start in range(0, n, self.batch_size):
             yield dataset.batch(torch.arange(start, min(start + self.batch_size, n))).to(self.device)
 
-    def generate_targets(self, batch: Batch, subset: tuple[int, ...], targets: Sequence[int]) -> dict[int, Tensor]:
+    def hide(self, batch: Batch, subset: tuple[int, ...], blanks: Sequence[Tensor] | None = None) -> Batch:
+        """``batch`` as the model may see it when given ``subset``: other modalities zeroed (the
+        tensors ``blanks`` when given), unobserved in the mask, labels unknown (-1)."""
+        given = torch.zeros_like(batch.mask)
+        given[:, list(subset)] = True
+        given &= batch.mask  # (B, M)
+        x = [x_m if m in subset else (blanks[m] if blanks is not None else torch.zeros_like(x_m))
+             for m, x_m in enumerate(batch.x)]
+        return Batch(x, given, torch.full_like(batch.label, -1))
+
+    def generate_targets(self, batch: Batch, subset: tuple[int, ...], targets: Sequence[int],
+                         blanks: Sequence[Tensor] | None = None) -> dict[int, Tensor]:
         """Generate each target modality ``(B, *shape_t)`` from the modalities in ``subset``.
 
         The modalities outside ``subset`` and the labels are blanked before the model sees the
-        batch: no component can peek at what it is asked to generate.
+        batch (:meth:`hide`): no component can peek at what it is asked to generate.
         """
-        B, M = len(batch), self.num_modalities
-        given = torch.zeros(B, M, dtype=torch.bool, device=batch.mask.device)
-        given[:, list(subset)] = True
-        given &= batch.mask
-        x = [x_m if m in subset else torch.zeros_like(x_m) for m, x_m in enumerate(batch.x)]
-        hidden = Batch(x, given, torch.full_like(batch.label, -1))
+        hidden = self.hide(batch, subset, blanks)
+        given = hidden.mask
         z, w = self.model.conditional_latents(hidden, given, refine=self.refine)  # (B, D), (B, M, W)
         return {t: self.model.decode(t, z, None if w is None else w[:, t]).clamp(0, 1) for t in targets}
 
@@ -309,18 +356,21 @@ class EvalContext:
             valid: dict[Any, list[Tensor]] = {s: [] for s in subsets}
             labels = []
             task = self.task("cross generation", len(subsets) * self.test_size)
-            # Batches outside, subsets inside: each test batch moves to the device once.
-            for batch in self.test_batches():
-                labels.append(batch.label.cpu())
-                for s in subsets:
-                    ok = batch.mask[:, list(s)].all(1)  # (B,)
-                    valid[s].append(ok.cpu())
-                    targets = [t for t in range(M) if t not in s]
-                    for t, x in self.generate_targets(batch, s, targets).items():
-                        p, f = classifiers.classify(t, x)
-                        preds[(s, t)].append(p.cpu())
-                        moments[(s, t)].update(f[ok])
-                    task.advance(len(batch))
+            # Batches outside, subsets inside: each test batch moves to the device once and each
+            # encoder sees it (and its blank) once, not once per subset.
+            with memoized_encoders(self.model):
+                for batch in self.test_batches():
+                    labels.append(batch.label.cpu())
+                    blanks = [torch.zeros_like(x) for x in batch.x]
+                    for s in subsets:
+                        ok = batch.mask[:, list(s)].all(1)  # (B,)
+                        valid[s].append(ok.cpu())
+                        targets = [t for t in range(M) if t not in s]
+                        for t, x in self.generate_targets(batch, s, targets, blanks).items():
+                            p, f = classifiers.classify(t, x)
+                            preds[(s, t)].append(p.cpu())
+                            moments[(s, t)].update(f[ok])
+                        task.advance(len(batch))
             self.cache["cross"] = CrossPass(
                 torch.cat(labels), {k: torch.cat(v) for k, v in preds.items()},
                 {k: torch.cat(v) for k, v in valid.items()}, moments)
@@ -436,7 +486,7 @@ def _device_of(device: torch.device | str) -> list[int]:
 
 def evaluate(model: Any, train_set: MultimodalDataset, test_set: MultimodalDataset, metrics: Sequence[Metric], *,
              classifiers: ClassifierSet | None = None, device: torch.device | str = "cpu", n: int = 10_000,
-             batch_size: int = 500, seed: int = 0, refine: bool = True, n_test: int = 0,
+             batch_size: int = 256, seed: int = 0, refine: bool = True, n_test: int = 0,
              console: Console | None = None, progress: bool = True) -> EvalResult:
     """Run ``metrics`` on ``model`` (in eval mode, without gradients, under ``seed``).
 
@@ -475,6 +525,11 @@ def evaluate(model: Any, train_set: MultimodalDataset, test_set: MultimodalDatas
         if hasattr(model, "train"):
             model.train(was_training)
     return EvalResult(results, timings)
+
+
+def evaluate_run(run: Any, metrics: Sequence[Metric], **kwargs: Any) -> EvalResult:
+    """:func:`evaluate` on a :class:`mmgen.run.LoadedRun` (its model and its two splits)."""
+    return evaluate(run.model, run.train_set, run.test_set, metrics, **kwargs)
 
 
 def jsonable(value: Any) -> Any:

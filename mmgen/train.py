@@ -129,6 +129,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             model.stabilize(state.damping)  # step sizes lowered by earlier rollbacks stay lowered
         if is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+            _truncate_metrics(run_dir / "eval.jsonl", state.step)
             _remove_stale_temporaries(ckpt_dir)
     elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -236,6 +237,14 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                 state.epoch, state.batch = state.epoch + 1, 0
                 if is_main and not tcfg["sample_every"]:
                     save_samples(core, test_set, run_dir / "samples" / f"epoch-{state.epoch:04d}.png", device)
+                if is_main and tcfg["eval_every"] and state.epoch % tcfg["eval_every"] == 0:
+                    from mmgen.evaluation import evaluate_during_training
+
+                    scores = evaluate_during_training(core, train_set, test_set, plugins.registry, run_dir,
+                                                      state.step, state.epoch, metrics=tcfg["eval_metrics"],
+                                                      n=tcfg["eval_n"], n_test=tcfg["eval_n_test"],
+                                                      device=device, console=console)
+                    console.print(f"epoch {state.epoch}: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items() if "/" in k))
                 checkpoint("latest.pt")
     _check_in_sync(accelerator, core)
     checkpoint("latest.pt")

@@ -237,9 +237,63 @@ def test_fid_runs_with_a_weights_file(tmp_path):
     state["fc.weight"] = torch.zeros(1008, 2048)  # marks pytorch-fid's TF network
     path = tmp_path / "inception.pt"
     torch.save(state, path)
-    data = dataset(BALANCED[:2], 2)
+    # One modality keeps this to one 2048-d Fréchet distance (two eigendecompositions, seconds).
+    data = dataset(BALANCED[:2], 1)
     metrics = build_metrics(_registry(), ["fid"], {"fid": {"weights": str(path), "max_samples": 2}})
-    out = evaluate(HandMadeModel(2, "perfect"), data, data, metrics, n=2, progress=False).metrics["fid"]
+    out = evaluate(HandMadeModel(1, "perfect"), data, data, metrics, n=2, progress=False).metrics["fid"]
     assert out["network"].startswith("pytorch-fid")
-    assert len(out["unconditional"]) == 2 and all(np.isfinite(out["unconditional"]))
-    assert out["conditional"] == pytest.approx([0.0, 0.0], abs=1e-3)  # a perfect copy of the test images
+    assert len(out["unconditional"]) == 1 and np.isfinite(out["unconditional"][0])
+    assert "conditional" not in out  # nothing to condition on with one modality
+
+
+def test_memoized_encoders_change_nothing_but_speed(plugins, tiny_overrides, monkeypatch):
+    import contextlib
+
+    import mmgen.evaluation as ev
+    from mmgen.train import load_datasets
+    from tests.helpers import tiny_model
+
+    cfg, model, train_set = tiny_model(plugins, tiny_overrides, ["data.modalities=3"])
+    _, test_set = load_datasets(cfg, plugins)
+    encoders = model.encoders
+    clf = reader_set(3)
+    clf.nets = nn.ModuleList([_Argmax() for _ in range(3)])
+
+    def cross():
+        ctx = ev.EvalContext(model.eval(), train_set, test_set, clf, n=8, batch_size=8, seed=1)
+        with torch.no_grad():
+            return ctx.cross()
+
+    fast = cross()
+    assert model.encoders is encoders  # restored
+    monkeypatch.setattr(ev, "memoized_encoders", lambda m: contextlib.nullcontext())
+    slow = cross()
+    assert fast.preds.keys() == slow.preds.keys()
+    for key in fast.preds:
+        assert torch.equal(fast.preds[key], slow.preds[key]), key
+        assert torch.allclose(fast.moments[key].mean(), slow.moments[key].mean())
+
+
+class _Argmax(nn.Module):
+    """A 'classifier' whose answer depends on every pixel (any change in the images shows)."""
+
+    def forward(self, x):
+        feats = x.flatten(1)[:, :10]
+        return feats, feats
+
+
+def test_probe_logistic_regression_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mmgen_builtin.metrics.probe import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 4, generator=g) + 1.5 * nn.functional.one_hot(y, 4).float()  # overlapping blobs
+    ours = fit_logistic(x, y, 3, c=1.0)(x)
+    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(x.numpy(), y.numpy())
+    theirs = torch.from_numpy(ref.predict(x.numpy()))
+    assert (ours == theirs).float().mean() >= 0.99
+    assert 0.6 < (ours == y).float().mean() < 1.0

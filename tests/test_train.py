@@ -71,3 +71,15 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path, tiny_overrides):
     latest.write_bytes(latest.read_bytes()[:100])
     result = run("--resume", str(out))
     assert result.exit_code == 2 and "corrupt or truncated" in result.output
+
+
+def test_periodic_evaluation_writes_eval_jsonl(tmp_path, tiny_overrides):
+    out = tmp_path / "run"
+    result = run("--epochs", "2", "--out", str(out), *tiny_overrides, "train.eval_every=1",
+                 "train.eval_metrics=[joint_coherence]", "train.eval_n=16", "train.eval_n_test=8")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert any("joint_coherence" in k for k in records[0])
+    bad = run("--max-steps", "1", *tiny_overrides, "train.eval_every=1", "train.eval_metrics=[cohrence]")
+    assert bad.exit_code == 2 and "train.eval_metrics: unknown metric 'cohrence'" in bad.output

@@ -28,7 +28,7 @@ def evaluate(
                                                               help="Local Inception-v3 weights: enables true FID.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for eval.json and figures/ (default: RUN_DIR).")] = None,
     n_test: Annotated[int, typer.Option("--n-test", min=0, help="Use only the first N test tuples (0 = all).")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 500,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 256,
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Refine cross-generation latents with the inference method (posterior Langevin).")] = True,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Save the figure grids.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
