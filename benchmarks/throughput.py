@@ -68,11 +68,11 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     it = batches()
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + steps):
         host = next(it)
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(host.to(device))
         out.loss.backward()
         optimizer.step()
@@ -80,6 +80,7 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     # The median step: robust to the odd step slowed by another process on a shared machine.
     median = statistics.median(times)
     m = cfg["model"]
@@ -92,6 +93,9 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         "tuples_per_s": round(batch_size / median, 2),
         "ms_per_step_mean": round(1000 * statistics.fmean(times), 2),
         "ms_per_step_min": round(1000 * min(times), 2),
+        # CPU time of this process (all its threads): what a step costs when other processes
+        # share the cores; with --threads 1 it approximates an idle machine's wall time.
+        "cpu_ms_per_step": round(1000 * statistics.median(cpu_times), 2),
         "modalities": train_set.num_modalities,
         "networks": f"{m['encoder']['name']}/{m['decoder']['name']}",
         "objective": f"{m['objective']['name']} (k={m['objective'].get('k', 1)})",
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     plugins = create_plugin_manager()
     load_before = os.getloadavg()  # other processes on the machine skew CPU timings: record them
     rows = []
-    header = f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}"
+    header = f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}{'cpu ms':>10}"
     print(header)
     print("-" * len(header))
     for device in devices:
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             row = bench_recipe(recipe, device, args.batch_size, args.steps, args.warmup, plugins, args.overrides)
             rows.append(row)
             print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"
-                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}", flush=True)
+                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['cpu_ms_per_step']:>10.1f}", flush=True)
 
     report = {
         "command": " ".join([Path(sys.argv[0]).name if argv is None else "throughput.py", *(sys.argv[1:] if argv is None else argv)]),

@@ -22,14 +22,11 @@ from torch import Tensor
 from mmgen.latent import ObjectiveResult
 
 from .elbo import sample_terms, summary_stats
-from .iwae import Iwae, IwaeConfig, log_stratum_weight
+from .iwae import Iwae, log_stratum_weight
 
 
 class Dreg(Iwae):
     """IWAE bound with DReG encoder gradients (tight or looser, like :class:`Iwae`)."""
-
-    def __init__(self, cfg: IwaeConfig):
-        super().__init__(cfg)
 
     def normalized_weights(self, log_w: Tensor, weight: Tensor) -> Tensor:
         """w~ ``(K, S, B)``: over the K samples of each stratum (looser) or over all of them,

@@ -1,0 +1,121 @@
+"""Cost of one Langevin step: the plain autograd loop against mmgen's fast paths.
+
+Prior chain: the latent EBM's MLP energy f (D -> 200 -> 200 -> 1, GELU), the paper's K0 = 60
+steps; "naive" differentiates f with autograd each step (with the parameters detached through
+torch.func.functional_call, as the training loop needs), "fast" uses the hand-derived gradient.
+Posterior chain: K1 = 20 steps through the decoders of a recipe's model; "naive" differentiates
+the whole log posterior with autograd, "fast" adds the prior's closed-form gradient to an
+autograd pass through the observed decoders only.
+
+    python benchmarks/langevin.py                          # CPU (and CUDA when available)
+    python benchmarks/langevin.py --batch 64 --repeats 5 --json out.json
+
+Prints a table; writes JSON (default benchmarks/results/langevin-<host>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mmgen.config import compose, resolve
+from mmgen.langevin import LangevinKernel, run_chain
+from mmgen.model import build_model
+from mmgen.plugins import create_plugin_manager
+from mmgen.train import load_datasets
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def prior_chain(plugins, dim: int, batch: int, steps: int, repeats: int, device: torch.device) -> dict:
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(steps=steps), dim).to(device)
+    z0 = torch.randn(batch, dim, device=device)
+    naive_kernel = LangevinKernel(prior.unnormalized, 0.4)
+    fast_kernel = LangevinKernel(prior.unnormalized, 0.4, grad_fn=prior.unnormalized_and_grad)
+    naive = timed(lambda: run_chain(naive_kernel, z0, steps), repeats, device)
+    fast = timed(lambda: run_chain(fast_kernel, z0, steps), repeats, device)
+    return {"chain": "prior", "dim": dim, "batch": batch, "steps": steps,
+            "naive_us_per_step": naive / steps * 1e6, "fast_us_per_step": fast / steps * 1e6,
+            "fast_over_naive": fast / naive}
+
+
+def posterior_chain(plugins, recipe: str, batch: int, steps: int, repeats: int, device: torch.device) -> dict:
+    cfg = resolve(compose(recipe, overrides=["model.prior.name=ebm", "model.inference.name=langevin",
+                                             f"model.inference.steps={steps}"]), plugins.registry)
+    train_set, _ = load_datasets(cfg, plugins)
+    model = build_model(cfg, plugins.registry, train_set.modalities).to(device).eval()
+    data = train_set.batch(torch.arange(batch)).to(device)
+    rows = {}
+    for name, given in (("all", data.mask), ("one", data.mask & (torch.arange(data.mask.size(1), device=device) == 0))):
+        posterior, private = model.encode(data.x, given)
+        z0 = posterior.sample(1)[0].detach()
+        w = None if private is None else private.loc.detach()
+
+        def log_prob(z, given=given, w=w):  # every decoder, masked afterwards: the plain loop
+            return model.prior.log_prob(z, frozen=True) + (model.log_likelihood(data.x, z, w) * given).sum(-1)
+
+        naive_kernel = LangevinKernel(log_prob, model.inference.cfg.step_size)
+        naive = timed(lambda: run_chain(naive_kernel, z0, steps), repeats, device)
+        fast = timed(lambda: model.inference.refine(model, z0, data, given, w), repeats, device)
+        rows[name] = {"naive_us_per_step": naive / steps * 1e6, "fast_us_per_step": fast / steps * 1e6,
+                      "fast_over_naive": fast / naive}
+    return {"chain": "posterior", "recipe": recipe, "batch": batch, "steps": steps, "given": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--recipe", default="moe-ebm-mmvaeplus")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--json", type=Path, default=HERE / "results" / f"langevin-{platform.node() or 'host'}.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plugins = create_plugin_manager()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        for dim in (16, 32):
+            r = prior_chain(plugins, dim, args.batch, 60, args.repeats, device)
+            results.append({"device": str(device), **r})
+            print(f"{device} prior D={dim:<3} naive {r['naive_us_per_step']:8.1f} us/step  fast {r['fast_us_per_step']:8.1f} us/step"
+                  f"  fast/naive {r['fast_over_naive']:.2f}")
+        r = posterior_chain(plugins, args.recipe, args.batch, 20, max(2, args.repeats // 2), device)
+        results.append({"device": str(device), **r})
+        for given, g in r["given"].items():
+            print(f"{device} posterior ({args.recipe}, given {given}) naive {g['naive_us_per_step']:8.1f} us/step"
+                  f"  fast {g['fast_us_per_step']:8.1f} us/step  fast/naive {g['fast_over_naive']:.2f}")
+    record = {"command": "python benchmarks/langevin.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "results": results}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
