@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mmgen import __version__
+from mmgen.cli.bench import bench
 from mmgen.cli.classifiers import classifiers_app
 from mmgen.cli.config_cmd import config_app, validate
 from mmgen.cli.evaluate import evaluate
@@ -38,6 +39,7 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
     app.command()(train)
     app.command()(sample)
     app.command()(evaluate)
+    app.command()(bench)
     app.command()(plugins)
     app.command()(validate)
     app.add_typer(config_app, name="config")

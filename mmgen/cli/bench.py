@@ -1,0 +1,91 @@
+"""``mmgen bench FILE``: run a benchmark (many runs, one protocol) and report the results."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmgen.cli.common import err_console, out_console, user_errors
+
+
+@user_errors
+def bench(
+    file: Annotated[Path, typer.Argument(help="A bench file (YAML): runs, seeds, data, budget, evaluation; see docs/bench.md.")],
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these runs (NAME, NAME-sSEED or a glob; repeatable). The report still covers every run.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate every run's config and print the plan; start nothing.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once on this machine (one per GPU when several are visible).")] = 1,
+    launcher: Annotated[str, typer.Option(help="local (processes here), slurm (submitit; the bench file's slurm: sets its parameters) or submitit-local.")] = "local",
+    out: Annotated[Optional[Path], typer.Option(help="Benchmark folder (default: bench/<name>).")] = None,
+) -> None:
+    """Train and evaluate every run of a benchmark with the same data, budget and evaluation.
+
+    Each (run, seed) is a normal run directory under OUT/runs/. Finished runs are skipped when the
+    command runs again; a run whose config changed is redone; a failed run is reported and the
+    others go on. Writes results.md, results.csv, results.json and plots/ to OUT.
+    """
+    from mmgen.bench import commands, execute, load_spec, make_launcher, make_plan, report
+    from mmgen.bench_report import rich_table
+    from mmgen.errors import MMGenError
+
+    if launcher not in ("local", "slurm", "submitit-local"):
+        raise MMGenError(f"--launcher: invalid value '{launcher}'; valid: local, slurm, submitit-local")
+    spec = load_spec(file)
+    bench_dir = out or Path("bench") / spec.name
+    plan = make_plan(spec, bench_dir, only or [])
+    print_plan(plan, out_console if dry_run else err_console)
+    if dry_run:
+        for p in plan.todo:
+            for step in commands(plan, p):
+                out_console.print(shlex.join(step), soft_wrap=True, markup=False, highlight=False)
+        out_console.print(f"dry run: {len(plan.runs)} run configs valid; {len(plan.todo)} would run; nothing started")
+        return
+    t0 = time.perf_counter()
+    runner = make_launcher(launcher, plan, jobs) if plan.todo else None
+    with _sigterm_as_interrupt():
+        outcome = execute(plan, runner, err_console) if runner is not None else {}
+    result, files = report(plan)
+    out_console.print(rich_table(result))
+    failed = [k for k, v in outcome.items() if v != "finished"]
+    err_console.print(f"wrote {bench_dir}/results.md, results.csv, results.json and {len(result.get('plots', []))} "
+                      f"plots in {bench_dir}/plots ({time.perf_counter() - t0:.0f} s)")
+    if failed:
+        err_console.print(f"[red]{len(failed)} run(s) failed:[/] {', '.join(failed)} (reasons in results.md)")
+        raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """``kill`` (SIGTERM) stops a benchmark like Ctrl-C: its running runs are stopped and recorded."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def print_plan(plan, console) -> None:
+    """A table: every (run, seed), what it needs and why."""
+    from rich.table import Table
+
+    colours = {"train": "yellow", "resume": "cyan", "evaluate": "blue", "skip": "green"}
+    table = Table(title=f"mmgen bench {plan.spec.name}: plan ({plan.bench_dir})")
+    for name in ("run", "seed", "action", "why", "config"):
+        table.add_column(name)
+    for p in plan.runs:
+        action = p.action if p.selected else f"{p.action} (not selected)"
+        colour = colours.get(p.action, "white") if p.selected else "dim"
+        table.add_row(p.run, str(p.seed), f"[{colour}]{action}[/]", p.reason, p.config_hash)
+    console.print(table)

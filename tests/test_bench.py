@@ -1,0 +1,278 @@
+"""`mmgen bench`: the smoke benchmark end to end, resuming, failures, aggregation, spec errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from mmgen.bench import PARENT_ENV, LocalLauncher, Task, config_hash, identity, load_spec, make_plan
+from mmgen.bench_report import Column, aggregate, best_runs, build_report, csv_text, markdown
+from mmgen.cli.main import create_app
+from mmgen.errors import ConfigError, MMGenError
+from tests.conftest import REPO
+
+SMOKE = REPO / "configs" / "bench" / "smoke.yaml"
+RUNS = ["mmvae-s0", "mmvae-s1", "ebm-mmvae-s0", "ebm-mmvae-s1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(create_app(with_plugin_commands=False), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """configs/bench/smoke.yaml run once, two runs at a time."""
+    out = tmp_path_factory.mktemp("bench") / "smoke"
+    result = invoke("bench", SMOKE, "--out", out, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def final_mtimes(out: Path) -> dict[str, int]:
+    return {r: (out / "runs" / r / "checkpoints" / "final.pt").stat().st_mtime_ns for r in RUNS}
+
+
+def test_smoke_benchmark_writes_every_output(smoke):
+    out, output = smoke
+    for name in ("results.md", "results.csv", "results-seeds.csv", "results.json"):
+        assert (out / name).is_file(), name
+    plots = {"curves-loss.png", "bar-cross_coherence_mean_1to1.png", "bar-joint_coherence_coherence.png",
+             "cross-generation.png"}
+    assert {p.name for p in (out / "plots").iterdir()} == plots
+    for name in plots:
+        with Image.open(out / "plots" / name) as img:
+            assert img.format == "PNG" and img.width >= 300 and img.height >= 150
+
+    report = json.loads((out / "results.json").read_text())
+    assert [e["run"] for e in report["summary"]] == ["mmvae", "ebm-mmvae"]
+    assert all(e["finished"] == 2 and e["failed"] == 0 for e in report["summary"])
+    fingerprints = set()
+    for run in RUNS:
+        run_dir = out / "runs" / run
+        state = json.loads((run_dir / "bench.json").read_text())
+        assert state["status"] == "finished"
+        assert (run_dir / "checkpoints" / "final.pt").is_file() and (run_dir / "bench-cross.png").is_file()
+        # A normal run directory whose stored config is the one the plan hashed.
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config_hash(stored) == state["config_hash"]
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        assert evaluation["step"] == 8  # the shared budget
+        fingerprints.add(evaluation["dataset"]["fingerprint"])
+    assert len(fingerprints) == 1  # the same data for every run
+
+    # The table's numbers are the mean and sample std of the runs' eval.json values.
+    for entry in report["summary"]:
+        values = [json.loads((out / "runs" / f"{entry['run']}-s{s}" / "eval.json").read_text())
+                  ["metrics"]["cross_coherence"]["mean_1to1"] for s in (0, 1)]
+        cell = entry["columns"]["cross_coherence/mean_1to1"]
+        mean = sum(values) / 2
+        assert cell["n"] == 2 and math.isclose(cell["mean"], mean)
+        assert math.isclose(cell["std"], math.sqrt(sum((v - mean) ** 2 for v in values)), abs_tol=1e-12)
+    assert "cross coherence 1→1" in (out / "results.md").read_text()
+    assert "mmgen bench smoke" in output and "finished ebm-mmvae-s1" in output
+
+
+def test_rerun_skips_finished_runs_and_redoes_only_what_changed(smoke, tmp_path):
+    src, _ = smoke
+    out = tmp_path / "smoke"
+    shutil.copytree(src, out)
+    before = final_mtimes(out)
+
+    assert {p.id: p.action for p in make_plan(load_spec(SMOKE), out).runs} == dict.fromkeys(RUNS, "skip")
+    result = invoke("bench", SMOKE, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert final_mtimes(out) == before
+    assert "started " not in result.output and "mmgen bench smoke: mean ± std" in result.output
+
+    # Change one run's config (and keep one of its seeds) and put a run that fails first: the
+    # failure is reported, the changed run is trained again, the unchanged run is not touched.
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["runs"][0].update(overrides=["model.latent_dim=3"], seeds=[0])
+    spec["runs"].insert(0, {"name": "broken", "recipe": "mmvae", "seeds": [0],
+                            "overrides": ["train.batch_size=1000"]})  # larger than the 64 training tuples
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(spec))
+    plan = make_plan(load_spec(changed), out)
+    assert {p.id: (p.action, p.reason.split(" (")[0]) for p in plan.runs} == {
+        "broken-s0": ("train", "new"), "mmvae-s0": ("train", "config changed"),
+        "ebm-mmvae-s0": ("skip", "finished"), "ebm-mmvae-s1": ("skip", "finished")}
+
+    result = invoke("bench", changed, "--out", out)
+    assert result.exit_code == 1, result.output
+    after = final_mtimes(out)
+    assert after["ebm-mmvae-s0"] == before["ebm-mmvae-s0"] and after["ebm-mmvae-s1"] == before["ebm-mmvae-s1"]
+    assert after["mmvae-s0"] != before["mmvae-s0"] and after["mmvae-s1"] == before["mmvae-s1"]  # not planned now
+    cfg = yaml.safe_load((out / "runs" / "mmvae-s0" / "config.yaml").read_text())
+    assert cfg["model"]["latent_dim"] == 3
+
+    broken = json.loads((out / "runs" / "broken-s0" / "bench.json").read_text())
+    assert broken["status"] == "failed" and "batch_size" in broken["error"]
+    report = json.loads((out / "results.json").read_text())
+    counts = {e["run"]: (e["finished"], e["failed"]) for e in report["summary"]}
+    assert counts == {"broken": (0, 1), "mmvae": (1, 0), "ebm-mmvae": (2, 0)}
+    assert "broken` seed 0 — failed" in (out / "results.md").read_text()
+
+
+def test_a_run_made_before_mmgen_gained_an_option_keeps_its_identity(tmp_path, plugins):
+    p = make_plan(load_spec(SMOKE), tmp_path).runs[0]
+    p.run_dir.mkdir(parents=True)
+
+    def store(cfg):
+        (p.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (p.run_dir / "bench.json").write_text(json.dumps({"config_hash": config_hash(cfg)}))
+        return identity(p.run_dir, p.config, plugins.registry)
+
+    old = copy.deepcopy(p.config)
+    del old["train"]["weight_decay"]  # as if the option did not exist when the run was made
+    assert store(old) == config_hash(old) != config_hash(p.config)  # at its default: the same run
+    changed = copy.deepcopy(p.config)
+    changed["train"]["weight_decay"] = 0.1
+    assert store(changed) == config_hash(p.config)  # another value: another run
+    old["train"]["lr"] = 0.5
+    assert store(old) == config_hash(p.config)
+
+
+def _record_env(path, cwd=None, env=None, threads=0):
+    """A worker task for the launcher test: write down what the process was given."""
+    env = env or {}
+    Path(path).write_text(json.dumps({"gpu": env.get("CUDA_VISIBLE_DEVICES"), "parent": env.get(PARENT_ENV),
+                                      "threads": threads}))
+    return 0 if not path.endswith("t3.json") else 3
+
+
+def test_jobs_run_as_separate_processes_one_gpu_each(tmp_path):
+    import os
+
+    launcher = LocalLauncher(jobs=2, gpus=["3", "5"])
+    assert launcher.slots() == ["3", "5"]
+    tasks = [Task(f"t{i}", _record_env, (str(tmp_path / f"t{i}.json"),), tmp_path / "log") for i in range(4)]
+    ended = []
+    codes = launcher.run(tasks, lambda t, where: None, lambda t, code: ended.append(t.label))
+    assert codes == {"t0": 0, "t1": 0, "t2": 0, "t3": 3} and sorted(ended) == ["t0", "t1", "t2", "t3"]
+    seen = [json.loads((tmp_path / f"t{i}.json").read_text()) for i in range(4)]
+    assert sorted(r["gpu"] for r in seen[:2]) == ["3", "5"] and {r["gpu"] for r in seen} == {"3", "5"}
+    assert all(r["parent"] == str(os.getpid()) and r["threads"] == 0 for r in seen)
+    assert LocalLauncher(jobs=3, gpus=["0"]).slots() == [None, None, None]  # one GPU: shared, env untouched
+
+
+def fake_run(root: Path, run: str, seed: int, metrics: dict, status: str = "finished") -> dict:
+    run_dir = root / f"{run}-s{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "bench.json").write_text(json.dumps({"config_hash": "c", "eval_hash": "e" if status == "finished" else None,
+                                                    "status": status, "error": "boom" if status == "failed" else None}))
+    if status == "finished":
+        (run_dir / "eval.json").write_text(json.dumps({"step": 5, "metrics": metrics}))
+    return {"run": run, "seed": seed, "run_dir": str(run_dir), "config_hash": "c", "eval_hash": "e"}
+
+
+def test_aggregation_against_hand_computed_means_and_stds(tmp_path):
+    columns = [Column("cross_coherence/mean_1to1", "cross", "higher"), Column("fd/unconditional_mean", "FD", "lower")]
+    runs = [
+        fake_run(tmp_path, "a", 0, {"cross_coherence": {"mean_1to1": 0.5}, "fd": {"unconditional_mean": 10.0}}),
+        fake_run(tmp_path, "a", 1, {"cross_coherence": {"mean_1to1": 0.7}, "fd": {"unconditional_mean": 14.0}}),
+        fake_run(tmp_path, "a", 2, {"cross_coherence": {"mean_1to1": 0.6}, "fd": {"unconditional_mean": 12.0}}),
+        fake_run(tmp_path, "b", 0, {"cross_coherence": {"mean_1to1": 0.9}, "fd": {"unconditional_mean": None}}),
+        fake_run(tmp_path, "b", 1, {}, status="failed"),
+    ]
+    bench = {"name": "t", "data": {"name": "default"}, "budget": {"epochs": 1}, "seeds": [0, 1, 2],
+             "evaluate": {"metrics": ["cross_coherence", "fd"], "n": 10, "seed": 0}}
+    report = build_report(bench, runs, columns)
+    a, b = report["summary"]
+    # a: cross 0.5, 0.7, 0.6 -> mean 0.6, sample std sqrt((0.01 + 0.01 + 0) / 2) = 0.1
+    assert math.isclose(a["columns"]["cross_coherence/mean_1to1"]["mean"], 0.6)
+    assert math.isclose(a["columns"]["cross_coherence/mean_1to1"]["std"], 0.1)
+    # a: FD 10, 14, 12 -> mean 12, sample std sqrt((4 + 4 + 0) / 2) = 2
+    assert math.isclose(a["columns"]["fd/unconditional_mean"]["mean"], 12.0)
+    assert math.isclose(a["columns"]["fd/unconditional_mean"]["std"], 2.0)
+    # b: one finished seed (std undefined), one failed, a missing FD
+    assert b["columns"]["cross_coherence/mean_1to1"] == {"mean": 0.9, "std": None, "n": 1, "values": [0.9]}
+    assert b["columns"]["fd/unconditional_mean"]["n"] == 0
+    assert (a["finished"], b["finished"], b["failed"]) == (3, 1, 1)
+    assert a["best"] == ["fd/unconditional_mean"] and b["best"] == ["cross_coherence/mean_1to1"]  # FD: lower wins
+
+    md = markdown(report)
+    assert "| a | 3/3 | 0.600 ± 0.100 | **12.000 ± 2.000** |" in md
+    assert "| b | 1/2 | **0.900** | – |" in md
+    assert "`b` seed 1 — failed: boom" in md
+    rows = csv_text(report).splitlines()
+    assert rows[1].startswith("a,3,3,0,0.6") and rows[1].endswith(",fd/unconditional_mean")
+
+    table = aggregate([{"run": "x", "seed": 0, "status": "finished", "values": {"k": 1.0}},
+                       {"run": "x", "seed": 1, "status": "finished", "values": {"k": 2.0}},
+                       {"run": "y", "seed": 0, "status": "finished", "values": {"k": 2.0}}], [Column("k", "k")])
+    assert math.isclose(table["x"]["k"].std, math.sqrt(0.5)) and best_runs(table, [Column("k", "k")]) == {"k": ["y"]}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "b.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_spec_errors_name_their_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, "seed: [0]\nruns: [{name: a, recipe: mvea, overrides: [train.epochs=3]}]\n"))
+    text = "\n".join(err.value.errors)
+    assert "seed: unknown key (did you mean 'seeds'?)" in text
+    assert "budget: missing" in text
+    assert "runs[0] (a).recipe: unknown recipe 'mvea' (did you mean 'mvae'?)" in text
+    assert "runs[0] (a).overrides: 'train.epochs=3' sets train.epochs" in text
+
+    spec = load_spec(write(tmp_path, "budget: {epochs: 1}\nevaluate: {metrics: [cross_coherense]}\n"
+                                     "runs: [{name: a, recipe: mmvae, overrides: [model.latent_dim=-1]}]\n"))
+    with pytest.raises(ConfigError) as err:
+        make_plan(spec, tmp_path / "out")
+    text = "\n".join(err.value.errors)
+    assert "runs[0] (a): model.latent_dim: must be > 0, got -1" in text
+    assert "evaluate.metrics: unknown metric 'cross_coherense' (did you mean 'cross_coherence'?)" in text
+    assert not (tmp_path / "out").exists()
+
+    result = invoke("bench", write(tmp_path, "budget: {steps: 3}\nruns: [{name: a, recipe: mmvae}]\n"))
+    assert result.exit_code == 2 and "budget.steps: unknown key (did you mean 'max_steps'?)" in result.output
+    spec = load_spec(write(tmp_path, "budget: {epochs: 1}\nruns: [{name: a, recipe: mmvae}]\n"))
+    with pytest.raises(MMGenError, match="--only b: no such run"):
+        make_plan(spec, tmp_path / "out", only=["b"])
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu-small", "paper-polymnist"])
+def test_every_bench_file_validates_in_a_dry_run(name, tmp_path):
+    result = invoke("bench", REPO / "configs" / "bench" / f"{name}.yaml", "--dry-run", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "run configs valid" in result.output and "mmgen train --config" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_submitit_local_executor_runs_a_run(smoke, tmp_path):
+    """The Slurm path (submitit), tested with submitit's local executor on one run to evaluate."""
+    pytest.importorskip("submitit")
+    src, _ = smoke
+    out = tmp_path / "smoke"
+    shutil.copytree(src, out)
+    (out / "runs" / "mmvae-s1" / "eval.json").unlink()
+    result = invoke("bench", SMOKE, "--out", out, "--launcher", "submitit-local")
+    assert result.exit_code == 0, result.output
+    assert "started mmvae-s1 (job" in result.output and "started prepare" not in result.output
+    assert (out / "runs" / "mmvae-s1" / "eval.json").is_file()
+    assert any((out / "submitit").iterdir())
+    report = json.loads((out / "results.json").read_text())
+    assert all(e["finished"] == 2 for e in report["summary"])
+
+
+def test_slurm_launcher_without_submitit_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    spec = load_spec(SMOKE)
+    plan = make_plan(spec, tmp_path / "out")
+    from mmgen.bench import make_launcher
+
+    with pytest.raises(MMGenError, match=r"pip install 'mmgen\[slurm\]'"):
+        make_launcher("slurm", plan, 1)
