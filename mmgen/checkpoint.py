@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mmgen import __version__
-from mmgen.errors import CheckpointError
+from mmgen.errors import CheckpointError, MMGenError
 
 FORMAT = "mmgen-checkpoint-v1"
 
@@ -85,16 +85,22 @@ def save_checkpoint(path: str | Path, *, config: dict, plugins: dict[str, str], 
     }, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely; a missing, truncated or foreign file is a one-line error."""
+def safe_load(path: str | Path, what: str, problem: str, error: type[MMGenError] = MMGenError) -> Any:
+    """``torch.load(weights_only=True)`` (plain data and tensors only, never code), with a missing
+    or unreadable file reported as one line: ``{what} not found: PATH`` / ``{what} PATH {problem} (...)``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise error(f"{what} {path} {problem} ({first})") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; a missing, truncated or foreign file is a one-line error."""
+    ckpt = safe_load(path, "checkpoint", "is corrupt or truncated", CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mmgen checkpoint (expected format {FORMAT})")
     return ckpt

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmgen import __version__
-from mmgen.checkpoint import atomic_save
+from mmgen.checkpoint import atomic_save, safe_load
 from mmgen.data import ModalitySpec, MultimodalDataset
 from mmgen.errors import DataError, MMGenError
 
@@ -243,13 +243,7 @@ def load_classifiers(path: str | Path, train_set: MultimodalDataset | None = Non
                      device: torch.device | str = "cpu") -> ClassifierSet:
     """Read classifiers; with ``train_set``, refuse ones trained on any other data."""
     path = Path(path)
-    if not path.is_file():
-        raise MMGenError(f"classifiers file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MMGenError(f"classifiers file {path} is corrupt or not a classifiers file ({first})") from None
+    blob = safe_load(path, "classifiers file", "is corrupt or not a classifiers file")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise MMGenError(f"{path} is not an mmgen classifiers file (expected format {FORMAT})")
     modalities = [ModalitySpec(m["name"], tuple(m["shape"])) for m in blob["modalities"]]

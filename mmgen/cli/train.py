@@ -9,8 +9,7 @@ import typer
 
 from mmgen.cli import options as o
 from mmgen.cli.common import err_console, load_plugins, resolved_config, user_errors
-from mmgen.config import parse_overrides, resolve
-from mmgen.config import merge_sources
+from mmgen.config import merge_sources, parse_overrides, resolve
 from mmgen.errors import MMGenError
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from mmgen.checkpoint import safe_load
 from mmgen.errors import MMGenError
 from mmgen.evaluation import EvalContext, Metric, MetricSkipped, Moments, moments_distance, nanmean
 
@@ -197,13 +198,7 @@ class InceptionV3(nn.Module):
 def load_inception(path: str | Path) -> tuple[InceptionV3, str]:
     """Build Inception-v3 from a state-dict file; returns the network and which variant it is."""
     path = Path(path)
-    if not path.is_file():
-        raise MMGenError(f"Inception weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise MMGenError(f"Inception weights {path} cannot be read as a state dict ({first})") from None
+    state = safe_load(path, "Inception weights file", "cannot be read as a state dict")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
