@@ -18,6 +18,8 @@ during training leaves the training run's random stream untouched.
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import dataclasses
 import json
@@ -52,7 +54,7 @@ class MetricSkipped(Exception):
     """
 
 
-class Metric:
+class Metric(abc.ABC):
     """Base class of evaluation metrics.
 
     ``__call__(ctx)`` returns a dict of JSON-able values: floats (one number each), lists (a
@@ -63,8 +65,9 @@ class Metric:
     name: str = "metric"
     requires_classifiers: bool = True
 
+    @abc.abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
-        raise NotImplementedError
+        """Compute the metric on ``ctx``."""
 
 
 # ----------------------------------------------------------------------------------------------
