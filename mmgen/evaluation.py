@@ -19,7 +19,6 @@ during training leaves the training run's random stream untouched.
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import dataclasses
 import json
