@@ -46,6 +46,12 @@ def _module_version(module) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
+def _mark_broken(broken: dict[str, str], name: str, why: str, what: str) -> None:
+    """Record a plugin that failed and warn once, naming it; everything else keeps working."""
+    broken[name] = why
+    warnings.warn(f"mmgen plugin '{name}' {what}: {why}", PluginWarning, stacklevel=3)
+
+
 def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool = True) -> Plugins:
     """Create a plugin manager, load every plugin and return it with a filled registry.
 
@@ -66,13 +72,8 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
             try:
                 module = ep.load()
             except Exception as exc:  # a third-party plugin must never take the CLI down
-                broken[ep.name] = f"{type(exc).__name__}: {exc}"
-                warnings.warn(
-                    f"mmgen plugin '{ep.name}' ({ep.value}) failed to load and is skipped: "
-                    f"{type(exc).__name__}: {exc}",
-                    PluginWarning,
-                    stacklevel=2,
-                )
+                _mark_broken(broken, ep.name, f"{type(exc).__name__}: {exc}",
+                             f"({ep.value}) failed to load and is skipped")
                 continue
             pm.register(module, name=ep.name)
             versions[ep.name] = ep.dist.version if ep.dist is not None else _module_version(module)
@@ -105,11 +106,6 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
             except MMGenError:
                 raise  # a registry contract (duplicate name, ...) is the user's to fix
             except Exception as exc:
-                broken[impl.plugin_name] = f"{type(exc).__name__} in register_{kind}s: {exc}"
-                warnings.warn(
-                    f"mmgen plugin '{impl.plugin_name}' failed in register_{kind}s and some of its "
-                    f"components are missing: {type(exc).__name__}: {exc}",
-                    PluginWarning,
-                    stacklevel=2,
-                )
+                _mark_broken(broken, impl.plugin_name, f"{type(exc).__name__} in register_{kind}s: {exc}",
+                             f"failed in register_{kind}s and some of its components are missing")
     return Plugins(pm, registry, versions, broken)
