@@ -148,6 +148,17 @@ def _seeds(value: Any, where: str, errors: list[str]) -> list[int]:
     return list(value)
 
 
+
+def _defaults_section(raw: dict, key: str, defaults: dict, keys_hint: str, errors: list[str]) -> dict:
+    """A mapping section of the bench file merged over its defaults; a non-mapping or an unknown
+    key is an error naming it."""
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        errors.append(f"{key}: expected a mapping ({keys_hint}), got {section!r}")
+        section = {}
+    _unknown(section, tuple(defaults), f"{key}.", errors)
+    return {**defaults, **{k: v for k, v in section.items() if k in defaults}}
+
 def _unknown(d: dict[str, Any], valid: Sequence[str], where: str, errors: list[str]) -> None:
     for key in d:
         if key not in valid:
@@ -206,13 +217,7 @@ def load_spec(path: str | Path) -> BenchSpec:
         if shared := _touches(o, SHARED_PATHS):
             errors.append(f"overrides: '{o}' sets {shared}, which the benchmark controls (use data:, budget: or seeds:)")
 
-    evaluate = dict(EVAL_DEFAULTS)
-    ev_raw = raw.get("evaluate") or {}
-    if not isinstance(ev_raw, dict):
-        errors.append(f"evaluate: expected a mapping (metrics, n, n_test, ...), got {ev_raw!r}")
-        ev_raw = {}
-    _unknown(ev_raw, tuple(EVAL_DEFAULTS), "evaluate.", errors)
-    evaluate.update({k: v for k, v in ev_raw.items() if k in EVAL_DEFAULTS})
+    evaluate = _defaults_section(raw, "evaluate", EVAL_DEFAULTS, "metrics, n, n_test, ...", errors)
     metrics = evaluate["metrics"]
     if metrics is not None and (not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics)):
         errors.append(f"evaluate.metrics: expected a non-empty list of metric names, got {metrics!r}")
@@ -242,13 +247,7 @@ def load_spec(path: str | Path) -> BenchSpec:
                 if key in CLASSIFIER_KEYS and not ok:
                     errors.append(f"evaluate.classifiers.{key}: invalid value {value!r} (expected a {kind})")
 
-    report = dict(REPORT_DEFAULTS)
-    rep_raw = raw.get("report") or {}
-    if not isinstance(rep_raw, dict):
-        errors.append(f"report: expected a mapping (curves, cross_given, cross_n), got {rep_raw!r}")
-        rep_raw = {}
-    _unknown(rep_raw, tuple(REPORT_DEFAULTS), "report.", errors)
-    report.update({k: v for k, v in rep_raw.items() if k in REPORT_DEFAULTS})
+    report = _defaults_section(raw, "report", REPORT_DEFAULTS, "curves, cross_given, cross_n", errors)
     if isinstance(report["cross_given"], int) and not isinstance(report["cross_given"], bool):
         report["cross_given"] = [report["cross_given"]]
     if (not isinstance(report["cross_given"], list) or not report["cross_given"]
