@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from mmgen.config import check_nonnegative, check_positive
 from mmgen.errors import MMGenError
-from mmgen.langevin import ChainResult, LangevinKernel, run_chain
+from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Prior
 
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU}
@@ -41,6 +41,7 @@ class EBMConfig:
     energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term")
     energy_l2: float = 0.0  # optional penalty on f(z+)^2 + f(z-)^2 against drifting energies
     fast_grad: bool = True  # hand-derived gradient of the MLP energy in Langevin (no autograd)
+    cuda_graph: bool = True  # on CUDA, replay the fast prior chain as one captured graph
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
@@ -118,6 +119,8 @@ class EBMPrior(Prior):
         self.cfg = cfg
         self.energy = EnergyMLP(dim, cfg)
         self._diagnostics: dict[str, Tensor] = {}
+        # Spectral norm recomputes the weights into new tensors each call: nothing to capture.
+        self.graphed = GraphedChain() if cfg.cuda_graph and not cfg.spectral_norm else None
 
     @property
     def fast(self) -> bool:
@@ -159,12 +162,14 @@ class EBMPrior(Prior):
         w, s2 = self.cfg.energy_weight, self.cfg.sigma0**2
         return w * f + self.base_log_prob(z), w * g - z / s2
 
-    def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False) -> ChainResult:
-        """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I)."""
+    def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False,
+              noise: Tensor | None = None) -> ChainResult:
+        """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I) (``noise`` ``(K0, n, D)`` fixes the stream)."""
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
         grad_fn = self.unnormalized_and_grad if self.fast else None
         kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
-        result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
+        run = self.graphed or run_chain
+        result = run(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain, noise=noise)
         self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result
 
