@@ -70,7 +70,7 @@ class LangevinKernel:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_grad / norm.clamp_min(self.clip_grad))
         s = self.step_size
-        z = state.z + 0.5 * s * s * grad + (s * noise_scale) * noise
+        z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)
         lp, new_grad = self.value_and_grad(z)
         return LangevinState(z, lp, new_grad)
 
