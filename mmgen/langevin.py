@@ -145,11 +145,13 @@ class GraphedChain:
         return None
 
     def __call__(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool = False,
-                 keep_chain: bool = False, noise: Tensor | None = None) -> ChainResult:
+                 keep_chain: bool = False, noise: Tensor | None = None, tensors: tuple[Tensor, ...] = ()) -> ChainResult:
+        """:func:`run_chain`'s arguments; ``tensors`` are those the target reads (the energy's
+        parameters): a graph is reused only while they stay where they were when it was captured."""
         reason = self.why_not(kernel, z0, keep_chain)
         if reason is None and self.fallback_reason is None:
             try:
-                return self._replay(kernel, z0, steps, anneal_noise, noise)
+                return self._replay(kernel, z0, steps, anneal_noise, noise, tensors)
             except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
                 self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
                 self._graphs.clear()
@@ -159,8 +161,9 @@ class GraphedChain:
         return run_chain(kernel, z0, steps, anneal_noise, keep_chain=keep_chain, noise=noise)
 
     def _replay(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,
-                noise: Tensor | None) -> ChainResult:
-        key = (tuple(z0.shape), z0.dtype, z0.device, steps, anneal_noise, kernel.step_size, kernel.clip_grad)
+                noise: Tensor | None, tensors: tuple[Tensor, ...]) -> ChainResult:
+        key = (tuple(z0.shape), z0.dtype, z0.device, steps, anneal_noise, kernel.step_size, kernel.clip_grad,
+               tuple(t.data_ptr() for t in tensors))
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(kernel, z0, steps, anneal_noise)

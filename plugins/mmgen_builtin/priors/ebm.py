@@ -174,8 +174,11 @@ class EBMPrior(Prior):
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
         grad_fn = self.unnormalized_and_grad if self.fast else None
         kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
-        run = self.graphed or run_chain
-        result = run(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain, noise=noise)
+        if self.graphed is not None:
+            result = self.graphed(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain,
+                                  noise=noise, tensors=tuple(self.energy.parameters()))
+        else:
+            result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain, noise=noise)
         self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result
 
