@@ -4,7 +4,8 @@ Each recipe runs with its own networks and objective on its own dataset (the off
 unless the recipe names another) at one batch size, on the CPU and, when one is available, on
 CUDA. A step is what ``mmgen train`` does per batch: host-to-device copy, forward, backward,
 optimizer step. The first ``--warmup`` steps are not timed; ms/step is the median timed step
-(tuples/s = batch size / median), with the mean and the fastest step in the JSON.
+(tuples/s = batch size / median), with the mean and the fastest step in the JSON. Each recipe runs
+in a fresh process, so its peak memory (resident set on the CPU, tensor memory on CUDA) is its own.
 
     python benchmarks/throughput.py                      # every recipe in configs/, CPU (+ CUDA)
     python benchmarks/throughput.py --recipes mmvae mvae --steps 20 --json out.json
@@ -16,14 +17,16 @@ benchmarks/results/throughput-<host>.json) with the command, date, torch version
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -67,6 +70,8 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
             epoch += 1
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     it = batches()
     times, cpu_times = [], []
     for i in range(warmup + steps):
@@ -101,7 +106,19 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         "objective": f"{m['objective']['name']} (k={m['objective'].get('k', 1)})",
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": round(float(out.loss.detach()), 2),
+        # Peak resident memory of this process (one recipe per process, so it is this recipe's),
+        # and on CUDA the peak memory held by tensors.
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
     }
+
+
+def bench_in_child(recipe: str, device: str, batch_size: int, steps: int, warmup: int, threads: int,
+                   overrides: list[str]) -> dict:
+    """:func:`bench_recipe` in a fresh process, so that peak memory is this recipe's alone."""
+    if threads:
+        torch.set_num_threads(threads)
+    return bench_recipe(recipe, device, batch_size, steps, warmup, create_plugin_manager(), overrides)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,19 +137,22 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     recipes = args.recipes or list_recipes()
-    plugins = create_plugin_manager()
     load_before = os.getloadavg()  # other processes on the machine skew CPU timings: record them
     rows = []
-    header = f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}{'cpu ms':>10}"
+    header = (f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}"
+              f"{'cpu ms':>10}{'peak MiB':>10}")
     print(header)
     print("-" * len(header))
     for device in devices:
         for recipe in recipes:
-            gc.collect()
-            row = bench_recipe(recipe, device, args.batch_size, args.steps, args.warmup, plugins, args.overrides)
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                row = pool.submit(bench_in_child, recipe, device, args.batch_size, args.steps, args.warmup,
+                                  args.threads, args.overrides).result()
             rows.append(row)
+            peak = row["peak_cuda_mib"] if device == "cuda" else row["peak_rss_mib"]
             print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"
-                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['cpu_ms_per_step']:>10.1f}", flush=True)
+                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['cpu_ms_per_step']:>10.1f}"
+                  f"{peak:>10.0f}", flush=True)
 
     report = {
         "command": " ".join([Path(sys.argv[0]).name if argv is None else "throughput.py", *(sys.argv[1:] if argv is None else argv)]),

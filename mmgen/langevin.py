@@ -70,7 +70,7 @@ class LangevinKernel:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_grad / norm.clamp_min(self.clip_grad))
         s = self.step_size
-        z = state.z + 0.5 * s * s * grad + (s * noise_scale) * noise
+        z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)
         lp, new_grad = self.value_and_grad(z)
         return LangevinState(z, lp, new_grad)
 
@@ -112,3 +112,82 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
         "nonfinite": (~torch.isfinite(state.z)).float().mean(),
     }
     return ChainResult(state.z.to(z0.dtype), stats, torch.stack(states) if states is not None else None)
+
+
+class GraphedChain:
+    """Replays a whole Langevin chain as one captured CUDA graph (Nvidia's "CUDA graphs").
+
+    A chain of a small energy is hundreds of tiny kernels whose launch cost dwarfs their
+    arithmetic; captured once per (shape, steps, step size), the chain replays with one launch.
+    The graph reads the energy's parameters by address, so in-place optimizer updates are seen
+    by later replays. Noise is drawn into a static buffer before each replay (outside the
+    graph), so a fixed ``noise`` gives exactly the eager chain's samples.
+
+    Only chains with a ``grad_fn`` (no autograd graph) on a CUDA device are captured. Anything
+    else, and any failure to capture, falls back to :func:`run_chain` transparently: the reason
+    is kept in ``fallback_reason`` and warned about once.
+    """
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple, tuple] = {}
+        self.fallback_reason: str | None = None
+
+    def why_not(self, kernel: LangevinKernel, z0: Tensor, keep_chain: bool) -> str | None:
+        """Why this chain cannot be captured, or None when it can."""
+        if z0.device.type != "cuda":
+            return "not on a CUDA device"
+        if kernel.grad_fn is None:
+            return "the target has no closed-form gradient (autograd chains run eagerly)"
+        if keep_chain:
+            return "every state was requested"
+        if torch.cuda.is_current_stream_capturing():
+            return "already inside a capture"
+        return None
+
+    def __call__(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool = False,
+                 keep_chain: bool = False, noise: Tensor | None = None, tensors: tuple[Tensor, ...] = ()) -> ChainResult:
+        """:func:`run_chain`'s arguments; ``tensors`` are those the target reads (the energy's
+        parameters): a graph is reused only while they stay where they were when it was captured."""
+        reason = self.why_not(kernel, z0, keep_chain)
+        if reason is None and self.fallback_reason is None:
+            try:
+                return self._replay(kernel, z0, steps, anneal_noise, noise, tensors)
+            except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
+                self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
+                self._graphs.clear()
+                import warnings
+
+                warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=2)
+        return run_chain(kernel, z0, steps, anneal_noise, keep_chain=keep_chain, noise=noise)
+
+    def _replay(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,
+                noise: Tensor | None, tensors: tuple[Tensor, ...]) -> ChainResult:
+        key = (tuple(z0.shape), z0.dtype, z0.device, steps, anneal_noise, kernel.step_size, kernel.clip_grad,
+               tuple(t.data_ptr() for t in tensors))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(kernel, z0, steps, anneal_noise)
+        graph, static_z0, static_noise, out = entry
+        static_z0.copy_(z0)
+        if noise is not None:
+            static_noise.copy_(noise)
+        else:
+            static_noise.normal_()
+        graph.replay()
+        return ChainResult(out.z.clone().to(z0.dtype), {k: v.clone() for k, v in out.stats.items()})
+
+    @staticmethod
+    def _capture(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool) -> tuple:
+        static_z0 = z0.detach().float().clone()
+        static_noise = torch.randn(steps, *z0.shape, device=z0.device)
+        # Warm up on a side stream first (lazy initialisation must not happen during capture).
+        side = torch.cuda.Stream(device=z0.device)
+        side.wait_stream(torch.cuda.current_stream(z0.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                run_chain(kernel, static_z0, steps, anneal_noise, noise=static_noise)
+        torch.cuda.current_stream(z0.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = run_chain(kernel, static_z0, steps, anneal_noise, noise=static_noise)
+        return graph, static_z0, static_noise, out

@@ -46,8 +46,9 @@ class MultimodalModel(nn.Module):
         self.posterior_family, self.scale_param = posterior_family, scale_param
         self.likelihood_family, self.likelihood_scale = likelihood_family, likelihood_scale
         if private_dim:
-            # MMVAE+'s auxiliary prior r(w): learnable scale, used for cross-modal reconstruction.
-            self.aux_log_scale = nn.Parameter(torch.zeros(private_dim))
+            # MMVAE+'s auxiliary priors r_m(w): one learnable scale per modality, used for
+            # cross-modal reconstruction.
+            self.aux_log_scale = nn.Parameter(torch.zeros(len(modalities), private_dim))
 
     @property
     def num_modalities(self) -> int:
@@ -80,13 +81,13 @@ class MultimodalModel(nn.Module):
         return torch.where(cover.unsqueeze(-1).unsqueeze(0), own.unsqueeze(1), aux.unsqueeze(1))
 
     def aux_scale(self) -> Tensor:
-        """Scale ``(W,)`` of the auxiliary prior r(w) = family(0, scale).
+        """Scales ``(M, W)`` of the auxiliary priors r_m(w) = family(0, scale_m), one per modality.
 
         The raw parameter goes through the encoders' own scale map, as in MMVAE+ (softmax(raw) * W
         for Laplace, softplus for Gaussian), so r starts at the prior p(w)'s scale 1 for Laplace.
         """
         if not self.private_dim:
-            return torch.ones(0)
+            return torch.ones(self.num_modalities, 0)
         return dist.scale_from_raw(self.aux_log_scale, self.scale_param)
 
     def private_log_ratio(self, private: PrivatePosterior, w: Tensor, cover: Tensor) -> Tensor:
@@ -201,16 +202,18 @@ class MultimodalModel(nn.Module):
     def conditional_latents(self, batch: Batch, given: Tensor, refine: bool = True) -> tuple[Tensor, Tensor | None]:
         """z (and w) for cross-modal generation from the modalities in ``given`` ``(B, M)``.
 
-        With ``refine`` the inference method revises the amortized sample (Langevin "LD refinement");
-        targets' private latents come from the auxiliary prior, given ones from their encoders.
+        With ``refine`` the inference method revises the amortized sample (Langevin "LD refinement").
+        Given modalities' private latents come from their encoders; the targets' from the prior
+        p(w) = family(0, 1), as MMVAE+ generates at test time (r_m(w) only serves training; it is
+        MultiVae's ``reconstruction_option="joint_prior"``, the article's choice).
         """
         posterior, private = self.encode(batch.x, given)
         z = posterior.sample(1)[0]
         w = None
         if private is not None:
             own = dist.rsample(private.family, private.loc, private.scale, 1)[0]
-            aux = dist.rsample(private.family, torch.zeros_like(private.loc), self.aux_scale().expand_as(private.loc), 1)[0]
-            w = torch.where(given.unsqueeze(-1), own, aux)
+            prior = dist.rsample(private.family, torch.zeros_like(private.loc), torch.ones_like(private.loc), 1)[0]
+            w = torch.where(given.unsqueeze(-1), own, prior)
         if refine:
             z = self.inference.refine(self, z, batch, given, w).z
         return z, w

@@ -57,9 +57,76 @@ def load_datasets(cfg: dict[str, Any], plugins: Plugins) -> tuple[MultimodalData
 
 
 def make_optimizer(model: MultimodalModel, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """Adam over the model's parameter groups; a group's own settings override the defaults."""
+    """Adam over the model's parameter groups; a group's own settings override the defaults.
+
+    The fused implementation: one kernel per step, and it honours a device-side ``found_inf``
+    flag, which is how :class:`FiniteGuard` skips a non-finite step without a host sync.
+    """
     return torch.optim.Adam(model.param_groups(), lr=tcfg["lr"], betas=tuple(tcfg["betas"]),
-                            amsgrad=tcfg["amsgrad"], weight_decay=tcfg["weight_decay"])
+                            amsgrad=tcfg["amsgrad"], weight_decay=tcfg["weight_decay"], fused=True)
+
+
+@dataclass
+class _Pending:
+    """One step not yet checked on the host: its flag and what a report would need, on device."""
+
+    step: int
+    epoch: int
+    finite: torch.Tensor  # () bool
+    stats: dict[str, torch.Tensor]
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    grad_finite: torch.Tensor  # (P,) bool, one per parameter with a gradient
+    grad_owners: list[str]
+
+
+class FiniteGuard:
+    """Keeps non-finite steps away from the weights without a host-device sync per step.
+
+    Each step hands the optimizer a device-side ``found_inf`` flag (fused Adam then leaves the
+    weights, moments and step count untouched, as under a gradient scaler), and keeps the step's
+    flag and statistics on the device. :meth:`settle` looks at them all with one sync, at the
+    points where the loop syncs anyway (logging, checkpoints, epoch ends), and returns the steps
+    that were skipped so the policy (stop, skip, rollback) can act on them there.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        self.pending: list[_Pending] = []
+
+    def guard(self, model: MultimodalModel, step: int, epoch: int, out, grad_norm: torch.Tensor) -> None:
+        """Record the step and arm the optimizer to skip it if anything is non-finite."""
+        loss = out.loss.detach()
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        norms = torch._foreach_norm([g for _, g in named]) if named else []
+        grad_finite = torch.isfinite(torch.stack(norms)) if named else finite.new_ones(0)
+        self.pending.append(_Pending(step, epoch, finite, out.stats, loss, grad_norm, grad_finite,
+                                     [n.split(".")[0] for n, _ in named]))
+        self.optimizer.found_inf = (~finite).float()
+
+    def settle(self, model: MultimodalModel) -> tuple[list[tuple[str, str]], bool]:
+        """Every pending step that was skipped as ``(where, report)``, and whether the latest
+        pending step was one of them; clears the pending list.
+
+        Steps are numbered as if skipped batches took no step (the numbering a loop that syncs
+        every step would print): a skipped step shares its number with the batch after it.
+        """
+        if not self.pending:
+            return [], False
+        flags = torch.stack([p.finite for p in self.pending]).cpu().tolist()  # the one sync
+        skipped = []
+        for p, ok in zip(self.pending, flags):
+            if not ok:
+                where = f"step {p.step - len(skipped)} (epoch {p.epoch})"
+                skipped.append((where, nonfinite_report(model, p)))
+        latest_bad = not flags[-1]
+        self.pending.clear()
+        return skipped, latest_bad
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.optimizer.found_inf = None
 
 
 def default_run_dir(cfg: dict[str, Any]) -> Path:
@@ -174,6 +241,27 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                    disable=not (is_main and tcfg["progress"]))
     clip = tcfg["grad_clip"] if tcfg["grad_clip"] > 0 else math.inf
     t0, step0 = time.perf_counter(), state.step
+    guard = FiniteGuard(optimizer)
+
+    def settle() -> bool:
+        """Apply the non-finite policy to the steps since the last sync; True if the latest was skipped."""
+        skipped, latest_bad = guard.settle(core)
+        if not skipped:
+            return False
+        where, report = skipped[0]
+        policy = tcfg["on_nonfinite"]
+        if policy == "rollback" and state.rollbacks < tcfg["max_rollbacks"]:
+            console.print(f"[yellow]{where}: non-finite {report}; rolling back to the last checkpoint")
+            raise _Rollback
+        if policy != "skip":
+            hint = ("rollbacks exhausted" if policy == "rollback"
+                    else "set train.on_nonfinite=skip or rollback to continue past it")
+            raise DivergenceError(f"non-finite value at {where}: {report} ({hint})")
+        for where, report in skipped:
+            console.print(f"[yellow]{where}: skipped a batch with non-finite {report}")
+        state.step -= len(skipped)  # skipped batches are consumed, not steps
+        return latest_bad
+
     model.train()
     with bar:
         task = bar.add_task(f"training {cfg['name']}", total=total, completed=state.step, rate=0.0, loss="-")
@@ -187,25 +275,20 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                         out = model(batch)
                     accelerator.backward(out.loss)
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                    # One host sync per step: a non-finite loss or gradient must not reach the weights.
-                    if not bool(torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)):
-                        report = nonfinite_report(core, out.stats, out.loss, grad_norm)
-                        where = f"step {state.step + 1} (epoch {state.epoch})"
-                        optimizer.zero_grad(set_to_none=True)
-                        if tcfg["on_nonfinite"] == "skip":
-                            console.print(f"[yellow]{where}: skipped a batch with non-finite {report}")
-                            state.batch += 1
-                            continue
-                        if tcfg["on_nonfinite"] == "rollback" and state.rollbacks < tcfg["max_rollbacks"]:
-                            console.print(f"[yellow]{where}: non-finite {report}; rolling back to the last checkpoint")
-                            raise _Rollback
-                        hint = ("rollbacks exhausted" if tcfg["on_nonfinite"] == "rollback"
-                                else "set train.on_nonfinite=skip or rollback to continue past it")
-                        raise DivergenceError(f"non-finite value at {where}: {report} ({hint})")
+                    # No host sync here: a non-finite step is skipped on the device and reported
+                    # at the next point that syncs anyway (FiniteGuard).
+                    guard.guard(core, state.step + 1, state.epoch, out, grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
                     state.batch += 1
+                    # Settle wherever the loop reads values or saves anything.
+                    if (state.step % tcfg["log_every"] == 0 or state.step % tcfg["checkpoint_every"] == 0
+                            or state.step >= total or state.batch >= len(batches)
+                            or (tcfg["sample_every"] and state.step % tcfg["sample_every"] == 0)):
+                        if settle():  # this very batch was skipped: nothing to log or save
+                            bar.update(task, completed=state.step)
+                            continue
 
                     if state.step % tcfg["log_every"] == 0 or state.step == total:
                         rate = (state.step - step0) / max(time.perf_counter() - t0, 1e-9)
@@ -224,6 +307,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                     if state.step >= total:
                         break
             except _Rollback:
+                guard.clear()
                 rollbacks = state.rollbacks + 1
                 state = restore(load_checkpoint(ckpt_dir / "latest.pt"))
                 factor = tcfg["rollback_factor"]
@@ -284,21 +368,19 @@ def _remove_stale_temporaries(ckpt_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def nonfinite_report(model: MultimodalModel, stats: dict[str, torch.Tensor], loss: torch.Tensor,
-                     grad_norm: torch.Tensor) -> str:
+def nonfinite_report(model: MultimodalModel, step: _Pending) -> str:
     """Name the component and the statistic that went non-finite (``prior 'ebm': prior/f_neg=nan``)."""
     bad = []
-    for key, value in stats.items():
+    for key, value in step.stats.items():
         value = torch.as_tensor(value)
         if not torch.isfinite(value).all():
             kind = key.split("/")[0]
             who = f"{kind} '{model.component_name(kind)}'" if "/" in key else "model"
             bad.append(f"{who}: {key}={float(value.float().mean())}")
-    if not bad and not torch.isfinite(grad_norm):
-        params = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-        owners = sorted({n.split(".")[0] for n in params})
-        bad.append(f"gradient norm={float(grad_norm)} in {', '.join(owners) or 'unknown parameters'}")
-    return "; ".join(bad) or f"loss={float(loss)}"
+    if not bad and not torch.isfinite(step.grad_norm):
+        owners = sorted({o for o, ok in zip(step.grad_owners, step.grad_finite.tolist()) if not ok})
+        bad.append(f"gradient norm={float(step.grad_norm)} in {', '.join(owners) or 'unknown parameters'}")
+    return "; ".join(bad) or f"loss={float(step.loss)}"
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -60,6 +60,32 @@ def test_decoder_contract(plugins, name):
         assert out.min() >= 0 and out.max() <= 1
 
 
+def test_conv_channels_last_changes_layout_not_values(plugins):
+    """NHWC is a storage detail: same weights, same outputs and gradients, loadable either way."""
+    reg = plugins.registry
+    x, z = torch.rand(4, *SHAPE), torch.randn(5, 6)
+    outs = {}
+    for channels_last in (False, True):
+        cfg = component_config(reg, "encoder", {"name": "conv", "channels_last": channels_last})
+        torch.manual_seed(0)
+        enc = reg.get("encoder", "conv").factory(cfg, SHAPE, 6)
+        torch.manual_seed(0)
+        dec = reg.get("decoder", "conv").factory(cfg, SHAPE, 6)
+        conv_weight = enc.trunk[0].weight
+        assert conv_weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        if outs:  # a state dict saved in one layout loads into the other
+            enc.load_state_dict(outs["enc"].state_dict())
+            dec.load_state_dict(outs["dec"].state_dict())
+        loc, raw = enc(x)
+        img = dec(z)
+        (loc.square().sum() + raw.sum() + img.sum()).backward()
+        got = (loc, raw, img, conv_weight.grad, dec.deconv[0].weight.grad)
+        if outs:
+            for a, b in zip(outs["values"], got):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        outs = {"enc": enc, "dec": dec, "values": got}
+
+
 # -- aggregators -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("num_modalities", [1, 2, 3])
 @pytest.mark.parametrize("family", FAMILIES)

@@ -142,7 +142,7 @@ def test_mvae_drops_rows_that_miss_a_terms_modalities(plugins, tiny_overrides):
 def test_mmvaeplus_auxiliary_prior_starts_at_the_prior_scale(plugins, tiny_overrides):
     _, model, _ = tiny_model(plugins, tiny_overrides, ["model.private_dim=3"])
     assert model.scale_param == "softmax"
-    torch.testing.assert_close(model.aux_scale(), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.aux_scale(), torch.ones(2, 3), atol=1e-5, rtol=0)  # one r_m per modality
 
 
 def test_mmvaeplus_private_latents_come_from_the_encoder_only_where_covered(plugins, tiny_overrides):
@@ -168,5 +168,29 @@ def test_mmvaeplus_auxiliary_scale_learns_from_cross_reconstruction(plugins, tin
         _, model, data = tiny_model(plugins, tiny_overrides, ["model.private_dim=3", f"model.objective.name={objective}",
                                                               "model.objective.looser=true", "model.objective.k=2"])
         model(float_batch(data)).loss.backward()
-        grad = model.aux_log_scale.grad
-        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+        grad = model.aux_log_scale.grad  # (M, W): every modality's r_m learns from its own cross-reconstructions
+        assert grad is not None and torch.isfinite(grad).all() and (grad.abs().sum(-1) > 0).all()
+
+
+def test_mvae_decodes_only_each_terms_modalities_with_the_same_loss(plugins, tiny_overrides):
+    """A unimodal term's other likelihoods are masked out: skipping their decoders changes nothing."""
+    _, model, data = tiny_model(plugins, tiny_overrides, ["model.aggregator.name=poe", "model.posterior_family=gaussian",
+                                                         "model.objective.name=mvae"])
+    batch = float_batch(data)
+    calls, full = [], model.log_likelihood
+
+    def counting(x, z, w=None, modalities=None):
+        calls.append(modalities)
+        return full(x, z, w, modalities)
+
+    def decode_all(x, z, w=None, modalities=None):
+        return full(x, z, w, None)
+
+    model.log_likelihood = counting
+    torch.manual_seed(1)
+    fast = model(batch).loss
+    model.log_likelihood = decode_all
+    torch.manual_seed(1)
+    slow = model(batch).loss
+    assert calls == [None, [0], [1]]  # the joint term decodes all, each unimodal term its own
+    torch.testing.assert_close(fast, slow)

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mmgen.bench import PARENT_ENV, LocalLauncher, Task, config_hash, identity, load_spec, make_plan
-from mmgen.bench_report import Column, aggregate, best_runs, build_report, csv_text, markdown
+from mmgen.bench.report import Column, aggregate, best_runs, build_report, csv_text, markdown
 from mmgen.cli.main import create_app
 from mmgen.errors import ConfigError, MMGenError
 from tests.conftest import REPO

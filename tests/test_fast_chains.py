@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmgen.langevin import LangevinKernel, run_chain
+from mmgen.langevin import GraphedChain, LangevinKernel, run_chain
 
 from .helpers import float_batch, tiny_model
 
@@ -31,6 +31,59 @@ def test_prior_sample_fast_flag_same_samples(plugins):
     torch.manual_seed(3)
     naive = prior.sample(32)
     assert torch.allclose(fast, naive, atol=1e-5)
+
+
+def test_graphed_chain_falls_back_to_eager_where_it_cannot_capture(plugins):
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(hidden=32), 4)
+    fast = LangevinKernel(prior.unnormalized, 0.4, grad_fn=prior.unnormalized_and_grad)
+    z0, noise = torch.randn(8, 4), torch.randn(30, 8, 4)
+    graphed = GraphedChain()
+    assert graphed.why_not(fast, z0, keep_chain=False) == "not on a CUDA device"
+    got = graphed(fast, z0, 30, noise=noise)
+    want = run_chain(fast, z0, 30, noise=noise)
+    assert torch.equal(got.z, want.z)
+    assert prior.graphed is not None  # the EBM prior goes through it (eager here, on the CPU)
+    assert comp.factory(comp.config(hidden=32, spectral_norm=True), 4).graphed is None
+
+
+def _cuda_prior(plugins):
+    comp = plugins.registry.get("prior", "ebm")
+    torch.manual_seed(0)
+    return comp.factory(comp.config(hidden=64, steps=60), 16).cuda()
+
+
+@pytest.mark.gpu
+def test_graphed_prior_chain_matches_eager_on_cuda(plugins):
+    prior = _cuda_prior(plugins)
+    noise = torch.randn(60, 128, 16, device="cuda")
+    torch.manual_seed(1)
+    graphed = prior.chain(128, "cuda", noise=noise)
+    assert prior.graphed.fallback_reason is None and prior.graphed._graphs  # it was captured
+    torch.manual_seed(1)
+    kernel = LangevinKernel(prior.unnormalized, prior.cfg.step_size, grad_fn=prior.unnormalized_and_grad)
+    eager = run_chain(kernel, prior.cfg.sigma0 * torch.randn(128, 16, device="cuda"), 60, noise=noise)
+    torch.testing.assert_close(graphed.z, eager.z, rtol=1e-4, atol=1e-4)
+    for key in eager.stats:
+        torch.testing.assert_close(graphed.stats[key], eager.stats[key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_graphed_prior_chain_sees_optimizer_updates(plugins):
+    prior = _cuda_prior(plugins)
+    noise = torch.randn(60, 32, 16, device="cuda")
+    torch.manual_seed(2)
+    before = prior.chain(32, "cuda", noise=noise).z
+    with torch.no_grad():  # an in-place update, as an optimizer step makes
+        for p in prior.energy.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    torch.manual_seed(2)
+    after = prior.chain(32, "cuda", noise=noise).z
+    prior.graphed = None
+    torch.manual_seed(2)
+    eager = prior.chain(32, "cuda", noise=noise).z
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, eager, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("prior", ["ebm", "gaussian", "laplace"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from mmgen.cli.main import create_app
 from mmgen.errors import CheckpointError
 
 from .conftest import REPO
+from .helpers import float_batch, tiny_model
 
 
 def cli(*args):
@@ -169,6 +171,54 @@ def test_nan_policy_skip_continues_without_the_batch(tmp_path, tiny_overrides):
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["progress"]["step"] == 6 and ckpt["progress"]["batch"] == 7  # one batch consumed, no step
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_nan_steps_are_reported_at_the_next_sync_with_their_own_numbers(tmp_path, tiny_overrides):
+    """With logging and checkpoints far apart the loop syncs only at the end, yet the skipped
+    batches are numbered as a loop that synced every step would number them."""
+    out = tmp_path / "r"
+    result = cli("train", "--out", str(out), "--max-steps", "5", *tiny_overrides, *NAN_CFG,
+                 "model.prior.nan_at=[2,3]", "train.on_nonfinite=skip", "train.log_every=50",
+                 "train.checkpoint_every=50")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert text.count("step 2 (epoch 0): skipped a batch with non-finite prior 'nan-ebm'") == 2
+    assert "step 3 (epoch 0)" not in text and "prior/f_neg=nan" in text
+    ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
+    assert ckpt["progress"]["step"] == 5 and ckpt["progress"]["batch"] == 7
+
+
+def test_finite_guard_skips_a_nan_step_on_the_device(tiny_overrides, plugins):
+    """The optimizer leaves weights, moments and its step count untouched for a flagged step."""
+    from mmgen.model import StepOutput
+    from mmgen.train import FiniteGuard, make_optimizer
+
+    _, model, train_set = tiny_model(plugins, tiny_overrides)
+    batch = float_batch(train_set, 8)
+    optimizer = make_optimizer(model, {"lr": 1e-3, "betas": [0.9, 0.999], "amsgrad": True, "weight_decay": 0.0})
+    guard = FiniteGuard(optimizer)
+
+    def step(poison: bool) -> None:
+        out = model(batch)
+        loss = out.loss * float("nan") if poison else out.loss
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        guard.guard(model, 1, 0, StepOutput(loss, out.stats), grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(False)
+    assert guard.settle(model) == ([], False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in optimizer.state[next(model.parameters())].items()}
+    step(True)
+    skipped, latest_bad = guard.settle(model)
+    assert latest_bad and skipped == [("step 1 (epoch 0)", "gradient norm=nan in decoders, encoders")]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(moments[k], v) for k, v in optimizer.state[next(model.parameters())].items())
+    step(False)
+    assert guard.settle(model) == ([], False)
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_nan_policy_rollback_restores_and_lowers_step_sizes(tmp_path, tiny_overrides):

@@ -29,8 +29,8 @@ def bench(
     command runs again; a run whose config changed is redone; a failed run is reported and the
     others go on. Writes results.md, results.csv, results.json and plots/ to OUT.
     """
-    from mmgen.bench import commands, execute, load_spec, make_launcher, make_plan, report
-    from mmgen.bench_report import rich_table
+    from mmgen.bench import commands, execute, load_spec, make_launcher, make_plan, write_report
+    from mmgen.bench.report import rich_table
     from mmgen.errors import MMGenError
 
     if launcher not in ("local", "slurm", "submitit-local"):
@@ -49,7 +49,7 @@ def bench(
     runner = make_launcher(launcher, plan, jobs) if plan.todo else None
     with _sigterm_as_interrupt():
         outcome = execute(plan, runner, err_console) if runner is not None else {}
-    result, files = report(plan)
+    result, files = write_report(plan)
     out_console.print(rich_table(result))
     failed = [k for k, v in outcome.items() if v != "finished"]
     err_console.print(f"wrote {bench_dir}/results.md, results.csv, results.json and {len(result.get('plots', []))} "

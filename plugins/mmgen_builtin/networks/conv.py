@@ -16,10 +16,12 @@ from mmgen.config import check_positive
 
 @dataclass
 class ConvConfig:
-    """Width of the first conv layer (doubled twice) and of the linear layer."""
+    """Width of the first conv layer (doubled twice) and of the linear layer; ``channels_last``
+    runs the convolutions in NHWC layout (faster oneDNN kernels on CPU, tensor cores on GPU)."""
 
     hidden: int = 32
     fc: int = 128
+    channels_last: bool = True
 
     def __post_init__(self):
         check_positive(self, "hidden", "fc")
@@ -33,6 +35,17 @@ def _trunk(channels: int, hidden: int) -> nn.Sequential:
     )
 
 
+def _use_memory_format(convs: nn.Module, cfg: ConvConfig) -> torch.memory_format:
+    """Put the conv weights in the layout ``cfg`` asks for; returns it for the inputs.
+
+    The layout is a storage detail: outputs, gradients and checkpoints are the same tensors (up
+    to floating-point summation order), and ``load_state_dict`` copies into the existing layout.
+    """
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    convs.to(memory_format=fmt)
+    return fmt
+
+
 class ConvEncoder(nn.Module):
     """Image ``(B, C, H, W)`` -> ``(loc, raw_scale)``, each ``(B, out_dim)``."""
 
@@ -42,9 +55,10 @@ class ConvEncoder(nn.Module):
         with torch.no_grad():
             flat = self.trunk(torch.zeros(1, *shape)).numel()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.fc), nn.SiLU(), nn.Linear(cfg.fc, 2 * out_dim))
+        self.memory_format = _use_memory_format(self.trunk, cfg)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        loc, raw = self.head(self.trunk(x)).chunk(2, dim=-1)
+        loc, raw = self.head(self.trunk(x.contiguous(memory_format=self.memory_format))).chunk(2, dim=-1)
         return loc, raw
 
 
@@ -64,7 +78,8 @@ class ConvDecoder(nn.Module):
             nn.ConvTranspose2d(2 * hid, hid, 4, 2, 1), nn.SiLU(),  # 7 -> 14
             nn.ConvTranspose2d(hid, c, 4, 2, 1),  # 14 -> 28
         )
+        self.memory_format = _use_memory_format(self.deconv, cfg)
 
     def forward(self, z: Tensor) -> Tensor:
-        out = self.deconv(self.fc(z).view(-1, *self.start))
+        out = self.deconv(self.fc(z).view(-1, *self.start).contiguous(memory_format=self.memory_format))
         return torch.sigmoid(out[..., : self.shape[1], : self.shape[2]])

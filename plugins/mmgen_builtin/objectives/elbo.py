@@ -39,17 +39,18 @@ class Terms:
 
 
 def sample_terms(model, x: list[Tensor], mask: Tensor, k: int, stratified: bool,
-                 stop_q_grad: bool = False) -> Terms:
+                 stop_q_grad: bool = False, modalities: list[int] | None = None) -> Terms:
     """Encode the observed modalities ``mask`` ``(B, M)``, draw ``k`` samples per stratum, decode.
 
     ``stop_q_grad`` evaluates log q with the variational parameters detached, so the encoder
-    learns only through the samples' path (DReG, Tucker et al. 2019).
+    learns only through the samples' path (DReG, Tucker et al. 2019). ``modalities``, when the
+    caller knows that ``mask`` observes no others, limits decoding to them.
     """
     posterior, private = model.encode(x, mask)
     strata = posterior.rsample_strata(k, stratified)
     z = strata.z  # (K, S, B, D)
     w = model.sample_private(private, strata.cover, k) if private is not None else None
-    rec = (model.log_likelihood(x, z, w) * mask).sum(-1)  # (K, S, B)
+    rec = (model.log_likelihood(x, z, w, modalities) * mask).sum(-1)  # (K, S, B)
     q, q_private = posterior, private
     if stop_q_grad:
         q = Posterior(posterior.loc.detach(), posterior.scale.detach(), posterior.weight, posterior.experts,

@@ -38,36 +38,39 @@ class Mvae(Elbo):
         super().__init__(cfg)
         self.unimodal, self.random_subsets = cfg.unimodal, cfg.random_subsets
 
-    def subset_masks(self, num_modalities: int, device: torch.device) -> list[Tensor | None]:
-        """``(M,)`` bool masks of the terms; None stands for the batch's own (joint) mask."""
-        masks: list[Tensor | None] = [None]
-        eye = torch.eye(num_modalities, dtype=torch.bool, device=device)
+    def subsets(self, num_modalities: int) -> list[list[int] | None]:
+        """The modalities of each term (drawn on the host); None stands for the batch's own mask."""
+        subsets: list[list[int] | None] = [None]
         if self.unimodal and num_modalities > 1:
-            masks += list(eye)
+            subsets += [[m] for m in range(num_modalities)]
         if num_modalities > 2:
             for _ in range(self.random_subsets):
                 size = int(torch.randint(2, num_modalities, ()))
-                chosen = torch.randperm(num_modalities)[:size].to(device)
-                masks.append(eye[chosen].any(0))
-        return masks
+                subsets.append(sorted(torch.randperm(num_modalities)[:size].tolist()))
+        return subsets
 
-    def term(self, model, x: list[Tensor], mask: Tensor) -> tuple[Tensor, Terms | None]:
+    def term(self, model, x: list[Tensor], mask: Tensor, modalities: list[int] | None) -> tuple[Tensor, Terms | None]:
         """One ELBO term summed over the batch rows that observe at least one of its modalities,
-        divided by the batch size (rows without any contribute zero, never a NaN)."""
+        divided by the batch size (rows without any contribute zero, never a NaN). Only the term's
+        ``modalities`` are decoded (the others' likelihoods would be masked out anyway)."""
         rows = mask.any(-1)
         if not bool(rows.any()):
             return x[0].new_zeros(()), None
         if not bool(rows.all()):
             x, mask = [x_m[rows] for x_m in x], mask[rows]
-        terms = sample_terms(model, x, mask, self.k, self.stratified)
+        terms = sample_terms(model, x, mask, self.k, self.stratified, modalities=modalities)
         per_row = self.bound(terms.log_weights(self.beta), terms.strata.weight)  # (B',)
         return per_row.sum() / rows.numel(), terms
 
     def forward(self, model, batch) -> ObjectiveResult:
         total, joint = None, None
-        for sub in self.subset_masks(batch.mask.size(1), batch.mask.device):
-            mask = batch.mask if sub is None else batch.mask & sub
-            value, terms = self.term(model, batch.x, mask)
+        num_modalities = batch.mask.size(1)
+        for sub in self.subsets(num_modalities):
+            mask = batch.mask
+            if sub is not None:
+                mask = mask & (torch.arange(num_modalities, device=mask.device).unsqueeze(-1)
+                               == torch.tensor(sub, device=mask.device)).any(-1)
+            value, terms = self.term(model, batch.x, mask, sub)
             total = value if total is None else total + value
             if joint is None:
                 joint = (value, terms)

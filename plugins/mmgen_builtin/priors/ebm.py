@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.func import functional_call
 
 from mmgen.config import check_nonnegative, check_positive
 from mmgen.errors import MMGenError
-from mmgen.langevin import ChainResult, LangevinKernel, run_chain
+from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Prior
 
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU}
@@ -41,6 +42,7 @@ class EBMConfig:
     energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term")
     energy_l2: float = 0.0  # optional penalty on f(z+)^2 + f(z-)^2 against drifting energies
     fast_grad: bool = True  # hand-derived gradient of the MLP energy in Langevin (no autograd)
+    cuda_graph: bool = True  # on CUDA, replay the fast prior chain as one captured graph
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
@@ -77,35 +79,40 @@ class EnergyMLP(nn.Module):
         """f(z) and grad_z f(z) in one forward pass and a hand-derived backward pass.
 
         For h_0 = z, a_l = h_{l-1} W_l^T + b_l, h_l = act(a_l), f = h_L w^T + c:
-        grad = ((w * act'(a_L)) W_L * act'(a_{L-1}) ... ) W_1. No autograd graph is built, which
-        is what makes a 60-step prior chain cheap (docs/benchmarks.md). Weights are read once, so
-        with spectral norm the power iteration runs once per call, not once per layer use.
+        grad = ((w * act'(a_L)) W_L * act'(a_{L-1}) ... ) W_1. Each layer costs two kernels each
+        way (addmm and the activation; its backward kernel and a matmul) and no autograd graph is
+        built, which is what makes a 60-step prior chain cheap (docs/benchmarks.md). Weights are
+        read once, so with spectral norm the power iteration runs once per call.
         """
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         weights = [(lin.weight, lin.bias) for lin in linears]
-        h, slopes = z, []
+        h, pre = z, []
         for weight, bias in weights[:-1]:
-            h, slope = self.act_and_grad(torch.addmm(bias, h, weight.T))  # (N, H) each
-            slopes.append(slope)
+            a = torch.addmm(bias, h, weight.T)  # (N, H)
+            pre.append(a)
+            h = self.act(a)
         w_out, b_out = weights[-1]
         f = torch.addmm(b_out, h, w_out.T).squeeze(-1)  # (N,)
         g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
-        for (weight, _), slope in zip(reversed(weights[:-1]), reversed(slopes)):
-            g = (g * slope) @ weight  # (N, H_in)
+        for (weight, _), a in zip(reversed(weights[:-1]), reversed(pre)):
+            g = self.act_backward(g, a) @ weight  # (N, H_in)
         return f, g
 
-    def act_and_grad(self, a: Tensor) -> tuple[Tensor, Tensor]:
-        """The activation and its elementwise derivative, sharing intermediate results."""
-        name = self.activation
-        if name == "gelu":  # exact (erf) GELU: a * Phi(a); derivative Phi(a) + a * phi(a)
-            cdf = torch.erf(a * 0.7071067811865476).add_(1.0).mul_(0.5)
-            a_pdf = torch.exp(a * a * -0.5).mul_(a).mul_(0.3989422804014327)
-            return a * cdf, cdf.add_(a_pdf)
-        if name == "leaky_relu":
-            positive = a > 0
-            return torch.where(positive, a, 0.2 * a), torch.where(positive, 1.0, 0.2).to(a.dtype)
-        s = torch.sigmoid(a)  # silu: a * s; derivative s * (1 + a * (1 - s))
-        return a * s, s * (1 + a * (1 - s))
+    def act(self, a: Tensor) -> Tensor:
+        """The activation (the same kernels the module's own layers run)."""
+        if self.activation == "gelu":
+            return F.gelu(a)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu(a, 0.2)
+        return F.silu(a)
+
+    def act_backward(self, g: Tensor, a: Tensor) -> Tensor:
+        """``g * act'(a)`` in one kernel (the ones autograd itself calls)."""
+        if self.activation == "gelu":  # exact (erf) GELU
+            return torch.ops.aten.gelu_backward(g, a)
+        if self.activation == "leaky_relu":
+            return torch.ops.aten.leaky_relu_backward(g, a, 0.2, False)
+        return torch.ops.aten.silu_backward(g, a)
 
 
 class EBMPrior(Prior):
@@ -118,6 +125,8 @@ class EBMPrior(Prior):
         self.cfg = cfg
         self.energy = EnergyMLP(dim, cfg)
         self._diagnostics: dict[str, Tensor] = {}
+        # Spectral norm recomputes the weights into new tensors each call: nothing to capture.
+        self.graphed = GraphedChain() if cfg.cuda_graph and not cfg.spectral_norm else None
 
     @property
     def fast(self) -> bool:
@@ -149,7 +158,7 @@ class EBMPrior(Prior):
         """:meth:`unnormalized` and its gradient, without autograd."""
         f, g = self.energy.value_and_grad(z)
         s2 = self.cfg.sigma0**2
-        return f - 0.5 * z.pow(2).sum(-1) / s2, g - z / s2
+        return f.sub_(z.square().sum(-1), alpha=0.5 / s2), g.sub_(z, alpha=1.0 / s2)
 
     def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """log p_alpha(z) (up to log Z) and its gradient in closed form (posterior Langevin uses it)."""
@@ -159,12 +168,17 @@ class EBMPrior(Prior):
         w, s2 = self.cfg.energy_weight, self.cfg.sigma0**2
         return w * f + self.base_log_prob(z), w * g - z / s2
 
-    def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False) -> ChainResult:
-        """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I)."""
+    def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False,
+              noise: Tensor | None = None) -> ChainResult:
+        """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I) (``noise`` ``(K0, n, D)`` fixes the stream)."""
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
         grad_fn = self.unnormalized_and_grad if self.fast else None
         kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
-        result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
+        if self.graphed is not None:
+            result = self.graphed(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain,
+                                  noise=noise, tensors=tuple(self.energy.parameters()))
+        else:
+            result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain, noise=noise)
         self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result
 
