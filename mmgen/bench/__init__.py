@@ -4,7 +4,7 @@ A bench file (YAML) lists runs — each a recipe and/or component choices plus o
 seeds, the one dataset, the one training budget and the one evaluation every run gets. This
 package turns it into a *plan* and carries the plan out (:mod:`.spec` reads the file, :mod:`.plan`
 decides, :mod:`.worker` is what runs in each run's process, :mod:`.launch` starts those processes
-and collects the results, :mod:`.report` writes the tables and plots):
+and collects the results, :mod:`.report` writes the tables and :mod:`.plots` the figures):
 
 1. **Validate** (:func:`load_spec`, :func:`make_plan`): the file's structure, then every
    (run, seed) config through :func:`mmgen.config.resolve` and the metrics through the registry,

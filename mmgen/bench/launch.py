@@ -282,6 +282,7 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
 def write_report(plan: Plan) -> tuple[dict[str, Any], list[Path]]:
     """Collect every planned run's results and write results.md/csv/json and the plots."""
     from mmgen.bench import report as br
+    from mmgen.bench.plots import write_plots
 
     result = br.build_report(plan.spec.summary(plan.metrics), [p.record() for p in plan.runs], plan.columns)
     names: list[str] = []
@@ -292,7 +293,7 @@ def write_report(plan: Plan) -> tuple[dict[str, Any], list[Path]]:
             break
     given = plan.spec.report["cross_given"]
     rows = [f"{names[g]} (given)" for g in given if g < len(names)] + [f"→ {n}" for n in names]
-    plots = br.write_plots(result, plan.bench_dir / "plots", plan.spec.report["curves"], rows)
+    plots = write_plots(result, plan.bench_dir / "plots", plan.spec.report["curves"], rows)
     result["plots"] = [str(p.relative_to(plan.bench_dir)) for p in plots]
     files = br.write_results(result, plan.bench_dir)
     return result, files + plots
