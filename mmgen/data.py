@@ -29,6 +29,9 @@ class Batch:
     x: list[Tensor]  # M tensors (B, *shape): uint8 on the host, float in [0, 1] after .to()
     mask: Tensor  # (B, M) bool
     label: Tensor  # (B,) long; -1 where unknown
+    #: The mask as it was on the host before ``.to()`` moved it (None when unknown): components
+    #: read it to decide what to compute (which decoders to run) without a device-host sync.
+    host_mask: Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Batch:
         """Move to ``device`` and convert images to ``dtype`` in [0, 1] there."""
@@ -36,7 +39,15 @@ class Batch:
         for x in self.x:
             x = x.to(device, non_blocking=True)
             xs.append(x.to(dtype) / 255.0 if x.dtype == torch.uint8 else x.to(dtype))
-        return Batch(xs, self.mask.to(device, non_blocking=True), self.label.to(device, non_blocking=True))
+        host_mask = self.mask if self.mask.device.type == "cpu" else self.host_mask
+        return Batch(xs, self.mask.to(device, non_blocking=True), self.label.to(device, non_blocking=True), host_mask)
+
+    def observed(self, mask: Tensor | None = None) -> list[int]:
+        """The modalities that ``mask`` (default: the batch's own) observes in at least one row;
+        read from the host copy when ``mask`` is the batch's own, else with one sync."""
+        if mask is None or mask is self.mask:
+            mask = self.host_mask if self.host_mask is not None else self.mask
+        return [m for m, seen in enumerate(mask.any(0).tolist()) if seen]
 
     def __len__(self) -> int:
         return self.label.size(0)

@@ -194,3 +194,29 @@ def test_mvae_decodes_only_each_terms_modalities_with_the_same_loss(plugins, tin
     slow = model(batch).loss
     assert calls == [None, [0], [1]]  # the joint term decodes all, each unimodal term its own
     torch.testing.assert_close(fast, slow)
+
+
+def test_mvae_reads_which_rows_to_keep_from_the_host_mask(plugins, tiny_overrides):
+    """The host copy of the mask decides row selection without a device sync; same loss as without it."""
+    _, model, data = tiny_model(plugins, tiny_overrides + ["data.modalities=3"],
+                                ["model.aggregator.name=poe", "model.posterior_family=gaussian",
+                                 "model.objective.name=mvae", "model.objective.random_subsets=2"])
+    batch = float_batch(data)
+    batch.mask = batch.mask.clone()
+    batch.mask[0, 1] = False
+    batch.mask[2, :2] = False
+    losses = []
+    for host in (batch.mask.clone(), None):
+        torch.manual_seed(5)
+        losses.append(model(Batch(batch.x, batch.mask, batch.label, host)).loss)
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_batch_keeps_the_host_mask_and_reads_observed_modalities_from_it():
+    x = [torch.zeros(3, 1, dtype=torch.uint8), torch.zeros(3, 1, dtype=torch.uint8)]
+    mask = torch.tensor([[True, False], [True, False], [False, False]])
+    moved = Batch(x, mask, torch.zeros(3, dtype=torch.long)).to("cpu")
+    assert moved.host_mask is mask and moved.observed() == [0]
+    assert moved.observed(torch.ones(3, 2, dtype=torch.bool)) == [0, 1]  # another mask: read from it
+    stale = Batch(moved.x, torch.ones(3, 2, dtype=torch.bool), moved.label, mask)
+    assert stale.observed() == [0]  # the batch's own mask: the host copy decides

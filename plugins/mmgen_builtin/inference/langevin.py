@@ -51,7 +51,7 @@ class LangevinInference(Inference):
         """The unnormalised log posterior over the observed modalities, per chain, and a fused
         value-and-gradient when the prior has a closed-form gradient (only the decoders then go
         through autograd)."""
-        observed = [m for m in range(mask.size(1)) if bool(mask[:, m].any())]
+        observed = batch.observed(mask)
 
         def log_likelihood(z: Tensor) -> Tensor:
             return (model.log_likelihood(batch.x, z, w, observed) * mask).sum(-1)

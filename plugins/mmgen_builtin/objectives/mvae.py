@@ -49,14 +49,17 @@ class Mvae(Elbo):
                 subsets.append(sorted(torch.randperm(num_modalities)[:size].tolist()))
         return subsets
 
-    def term(self, model, x: list[Tensor], mask: Tensor, modalities: list[int] | None) -> tuple[Tensor, Terms | None]:
+    def term(self, model, x: list[Tensor], mask: Tensor, modalities: list[int] | None,
+             host_rows: Tensor | None = None) -> tuple[Tensor, Terms | None]:
         """One ELBO term summed over the batch rows that observe at least one of its modalities,
         divided by the batch size (rows without any contribute zero, never a NaN). Only the term's
-        ``modalities`` are decoded (the others' likelihoods would be masked out anyway)."""
+        ``modalities`` are decoded (the others' likelihoods would be masked out anyway).
+        ``host_rows``, the rows that observe one, known on the host, saves a device sync."""
         rows = mask.any(-1)
-        if not bool(rows.any()):
+        known = host_rows if host_rows is not None else rows
+        if not bool(known.any()):
             return x[0].new_zeros(()), None
-        if not bool(rows.all()):
+        if not bool(known.all()):
             x, mask = [x_m[rows] for x_m in x], mask[rows]
         terms = sample_terms(model, x, mask, self.k, self.stratified, modalities=modalities)
         per_row = self.bound(terms.log_weights(self.beta), terms.strata.weight)  # (B',)
@@ -65,12 +68,14 @@ class Mvae(Elbo):
     def forward(self, model, batch) -> ObjectiveResult:
         total, joint = None, None
         num_modalities = batch.mask.size(1)
+        host = batch.host_mask
         for sub in self.subsets(num_modalities):
-            mask = batch.mask
+            mask, host_rows = batch.mask, None if host is None else host.any(-1)
             if sub is not None:
                 mask = mask & (torch.arange(num_modalities, device=mask.device).unsqueeze(-1)
                                == torch.tensor(sub, device=mask.device)).any(-1)
-            value, terms = self.term(model, batch.x, mask, sub)
+                host_rows = None if host is None else host[:, sub].any(-1)
+            value, terms = self.term(model, batch.x, mask, sub, host_rows)
             total = value if total is None else total + value
             if joint is None:
                 joint = (value, terms)
