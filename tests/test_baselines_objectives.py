@@ -125,11 +125,16 @@ def test_mvae_is_the_sum_of_joint_and_unimodal_elbos(plugins, tiny_overrides):
     torch.testing.assert_close(mvae, total)
 
 
-def test_mvae_drops_rows_that_miss_a_terms_modalities(plugins, tiny_overrides):
+def three_modality_mvae(plugins, tiny_overrides, random_subsets: int):
+    """A PoE MVAE on three tiny modalities and a float batch of it."""
     _, model, data = tiny_model(plugins, tiny_overrides + ["data.modalities=3"],
                                 ["model.aggregator.name=poe", "model.posterior_family=gaussian",
-                                 "model.objective.name=mvae", "model.objective.random_subsets=3"])
-    batch = float_batch(data)
+                                 "model.objective.name=mvae", f"model.objective.random_subsets={random_subsets}"])
+    return model, float_batch(data)
+
+
+def test_mvae_drops_rows_that_miss_a_terms_modalities(plugins, tiny_overrides):
+    model, batch = three_modality_mvae(plugins, tiny_overrides, 3)
     batch.mask[0, 1] = False
     batch.mask[2, 0] = False
     out = model(batch)
@@ -198,10 +203,7 @@ def test_mvae_decodes_only_each_terms_modalities_with_the_same_loss(plugins, tin
 
 def test_mvae_reads_which_rows_to_keep_from_the_host_mask(plugins, tiny_overrides):
     """The host copy of the mask decides row selection without a device sync; same loss as without it."""
-    _, model, data = tiny_model(plugins, tiny_overrides + ["data.modalities=3"],
-                                ["model.aggregator.name=poe", "model.posterior_family=gaussian",
-                                 "model.objective.name=mvae", "model.objective.random_subsets=2"])
-    batch = float_batch(data)
+    model, batch = three_modality_mvae(plugins, tiny_overrides, 2)
     batch.mask = batch.mask.clone()
     batch.mask[0, 1] = False
     batch.mask[2, :2] = False

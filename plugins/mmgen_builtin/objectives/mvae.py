@@ -72,8 +72,9 @@ class Mvae(Elbo):
         for sub in self.subsets(num_modalities):
             mask, host_rows = batch.mask, None if host is None else host.any(-1)
             if sub is not None:
-                mask = mask & (torch.arange(num_modalities, device=mask.device).unsqueeze(-1)
-                               == torch.tensor(sub, device=mask.device)).any(-1)
+                keep = torch.zeros(num_modalities, dtype=torch.bool)
+                keep[sub] = True
+                mask = mask & keep.to(mask.device, non_blocking=True)
                 host_rows = None if host is None else host[:, sub].any(-1)
             value, terms = self.term(model, batch.x, mask, sub, host_rows)
             total = value if total is None else total + value
