@@ -11,6 +11,7 @@ not interact. The returned samples carry no autograd graph into any model parame
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -155,8 +156,6 @@ class GraphedChain:
             except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
                 self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
                 self._graphs.clear()
-                import warnings
-
                 warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=2)
         return run_chain(kernel, z0, steps, anneal_noise, keep_chain=keep_chain, noise=noise)
 
