@@ -9,6 +9,7 @@ autograd pass through the observed decoders only.
 
     python benchmarks/langevin.py                          # CPU (and CUDA when available)
     python benchmarks/langevin.py --batch 64 --repeats 5 --json out.json
+    python benchmarks/langevin.py --no-posterior --prior-batches 16 64 256 --activations gelu leaky_relu
 
 Prints a table; writes JSON (default benchmarks/results/langevin-<host>.json).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,21 +50,45 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def prior_chain(plugins, dim: int, batch: int, steps: int, repeats: int, device: torch.device) -> dict:
+def timed_together(fns: dict, repeats: int, device: torch.device) -> dict:
+    """Median wall seconds of each ``fn()``, the runs interleaved so that a slow spell of a
+    shared machine hits every variant alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_once(fn, device))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def prior_chain(plugins, dim: int, batch: int, steps: int, repeats: int, device: torch.device,
+                activation: str = "gelu") -> dict:
     comp = plugins.registry.get("prior", "ebm")
-    prior = comp.factory(comp.config(steps=steps), dim).to(device)
+    prior = comp.factory(comp.config(steps=steps, activation=activation), dim).to(device)
     z0 = torch.randn(batch, dim, device=device)
     naive_kernel = LangevinKernel(prior.unnormalized, 0.4)
-    fast_kernel = LangevinKernel(prior.unnormalized, 0.4, grad_fn=prior.unnormalized_and_grad)
-    naive = timed(lambda: run_chain(naive_kernel, z0, steps), repeats, device)
-    fast = timed(lambda: run_chain(fast_kernel, z0, steps), repeats, device)
-    row = {"chain": "prior", "dim": dim, "batch": batch, "steps": steps,
-           "naive_us_per_step": naive / steps * 1e6, "fast_us_per_step": fast / steps * 1e6,
-           "fast_over_naive": fast / naive}
+    fast_kernel = prior.kernel()  # closed-form gradient, and no log-density at the inner steps
+    fns = {"naive": lambda: run_chain(naive_kernel, z0, steps), "fast": lambda: run_chain(fast_kernel, z0, steps)}
     if device.type == "cuda":  # the fast chain replayed as one captured CUDA graph
         graphed_chain = GraphedChain()
-        graphed = timed(lambda: graphed_chain(fast_kernel, z0, steps), repeats, device)
-        row.update(graphed_us_per_step=graphed / steps * 1e6, graphed_over_naive=graphed / naive,
+        fns["graphed"] = lambda: graphed_chain(fast_kernel, z0, steps)
+    t = timed_together(fns, repeats, device)
+    row = {"chain": "prior", "activation": activation, "dim": dim, "batch": batch, "steps": steps,
+           "naive_us_per_step": t["naive"] / steps * 1e6, "fast_us_per_step": t["fast"] / steps * 1e6,
+           "fast_over_naive": t["fast"] / t["naive"]}
+    if "graphed" in t:
+        row.update(graphed_us_per_step=t["graphed"] / steps * 1e6, graphed_over_naive=t["graphed"] / t["naive"],
                    graph_fallback=graphed_chain.fallback_reason)
     return row
 
@@ -92,7 +118,11 @@ def posterior_chain(plugins, recipe: str, batch: int, steps: int, repeats: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="chains (the training batch)")
+    parser.add_argument("--prior-batches", type=int, nargs="+", help="prior-chain batch sizes (default: --batch)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[16, 32], help="prior latent sizes")
+    parser.add_argument("--activations", nargs="+", default=["gelu"], help="energy activations for the prior chain")
+    parser.add_argument("--no-posterior", action="store_true", help="time the prior chain only")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe", default="moe-ebm-mmvaeplus")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -104,20 +134,23 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     results = []
     for device in devices:
-        for dim in (16, 32):
-            r = prior_chain(plugins, dim, args.batch, 60, args.repeats, device)
-            results.append({"device": str(device), **r})
-            print(f"{device} prior D={dim:<3} naive {r['naive_us_per_step']:8.1f} us/step  fast {r['fast_us_per_step']:8.1f} us/step"
-                  f"  fast/naive {r['fast_over_naive']:.2f}"
-                  + (f"  graphed {r['graphed_us_per_step']:8.1f} us/step  graphed/naive {r['graphed_over_naive']:.3f}"
-                     if "graphed_us_per_step" in r else ""))
+        for activation in args.activations:
+            for dim in args.dims:
+                for batch in args.prior_batches or [args.batch]:
+                    r = prior_chain(plugins, dim, batch, 60, args.repeats, device, activation)
+                    results.append({"device": str(device), **r})
+                    print(f"{device} prior {activation:<10} D={dim:<3} B={batch:<4} naive {r['naive_us_per_step']:8.1f} us/step"
+                          f"  fast {r['fast_us_per_step']:8.1f} us/step  fast/naive {r['fast_over_naive']:.2f}"
+                          + (f"  graphed {r['graphed_us_per_step']:8.1f} us/step  graphed/naive {r['graphed_over_naive']:.3f}"
+                             if "graphed_us_per_step" in r else ""))
+        if args.no_posterior:
+            continue
         r = posterior_chain(plugins, args.recipe, args.batch, 20, max(2, args.repeats // 2), device)
         results.append({"device": str(device), **r})
         for given, g in r["given"].items():
             print(f"{device} posterior ({args.recipe}, given {given}) naive {g['naive_us_per_step']:8.1f} us/step"
                   f"  fast {g['fast_us_per_step']:8.1f} us/step  fast/naive {g['fast_over_naive']:.2f}")
-    record = {"command": "python benchmarks/langevin.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
+    record = {"command": "python " + " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -20,14 +21,19 @@ from torch import Tensor
 
 LogDensity = Callable[[Tensor], Tensor]  # (N, D) -> (N,)
 ValueAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]  # (N, D) -> ((N,), (N, D))
+Score = Callable[[Tensor], Tensor]  # (N, D) -> (N, D): grad log pi alone
 
 
 @dataclass(frozen=True)
 class LangevinState:
-    """A chain's position with its log-density and gradient there."""
+    """A chain's position with its log-density and gradient there.
+
+    ``log_prob`` is None at the inner steps of a chain whose kernel has a gradient-only
+    ``score_fn``: nobody reads it there, and skipping it saves the energy's last layer.
+    """
 
     z: Tensor  # (N, D)
-    log_prob: Tensor  # (N,)
+    log_prob: Tensor | None  # (N,)
     grad: Tensor  # (N, D)
 
 
@@ -47,32 +53,53 @@ class LangevinKernel:
     ``clip_grad`` > 0 caps each chain's gradient norm (a guard against the large likelihood
     gradients of image decoders); ``noise_scale`` multiplies the injected noise (annealing).
     ``grad_fn``, when given, returns (log pi, grad log pi) without autograd (a fused or
-    hand-derived gradient); it must agree with ``log_prob``.
+    hand-derived gradient); it must agree with ``log_prob``. ``score_fn``, optional beside it,
+    returns the gradient alone, for the steps whose log-density nobody reads.
     """
 
     log_prob: LogDensity
     step_size: float
     clip_grad: float = 0.0
     grad_fn: ValueAndGrad | None = None
+    score_fn: Score | None = None
 
-    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def context(self, device_type: str) -> ExitStack:
+        """Where the kernel's arithmetic runs: float32 without autocast and, for a closed-form
+        gradient, without autograd. :func:`run_chain` enters it once per chain, not per step."""
+        stack = ExitStack()
+        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
         if self.grad_fn is not None:
-            with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
-                return self.grad_fn(z.float())
-        return value_and_grad(self.log_prob, z)
+            stack.enter_context(torch.no_grad())
+        return stack
+
+    def value_and_grad(self, z: Tensor, with_value: bool = True) -> tuple[Tensor | None, Tensor]:
+        with self.context(z.device.type):
+            return self._value_and_grad(z, with_value)
 
     def init(self, z: Tensor) -> LangevinState:
         lp, grad = self.value_and_grad(z)
         return LangevinState(z.detach().float(), lp, grad)
 
-    def step(self, state: LangevinState, noise: Tensor, noise_scale: float = 1.0) -> LangevinState:
+    def step(self, state: LangevinState, noise: Tensor, noise_scale: float = 1.0,
+             with_log_prob: bool = True) -> LangevinState:
+        with self.context(state.z.device.type):
+            return self._step(state, noise, noise_scale, with_log_prob)
+
+    def _value_and_grad(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
+        if self.grad_fn is None:
+            return value_and_grad(self.log_prob, z)
+        if not with_value and self.score_fn is not None:
+            return None, self.score_fn(z.float())
+        return self.grad_fn(z.float())
+
+    def _step(self, state: LangevinState, noise: Tensor, noise_scale: float, with_log_prob: bool) -> LangevinState:
         grad = state.grad
         if self.clip_grad > 0:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_grad / norm.clamp_min(self.clip_grad))
         s = self.step_size
         z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)
-        lp, new_grad = self.value_and_grad(z)
+        lp, new_grad = self._value_and_grad(z, with_log_prob)
         return LangevinState(z, lp, new_grad)
 
 
@@ -94,24 +121,28 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
     torch's global generator. Diagnostics: log pi at start and end, mean |z_K - z_0|, the mean
     gradient norm, and the fraction of non-finite entries.
     """
-    state = kernel.init(z0)
-    start_lp = state.log_prob
-    states = [state.z] if keep_chain else None
-    grad_norm = state.grad.norm(dim=-1).mean()
-    for t in range(steps):
-        eps = noise[t] if noise is not None else torch.randn_like(state.z)
-        scale = 1.0 - t / steps if anneal_noise else 1.0
-        state = kernel.step(state, eps, scale)
-        grad_norm = grad_norm + state.grad.norm(dim=-1).mean()
-        if states is not None:
-            states.append(state.z)
-    stats = {
-        "start_log_prob": start_lp.mean(),
-        "end_log_prob": state.log_prob.mean(),
-        "displacement": (state.z - z0.float()).norm(dim=-1).mean(),
-        "grad_norm": grad_norm / (steps + 1),
-        "nonfinite": (~torch.isfinite(state.z)).float().mean(),
-    }
+    with kernel.context(z0.device.type):
+        state = kernel.init(z0)
+        start_lp = state.log_prob
+        states = [state.z] if keep_chain else None
+        grads = [state.grad]
+        if noise is None:  # one draw for the whole chain: a kernel launch, not K
+            noise = torch.randn(steps, *state.z.shape, device=state.z.device)
+        elif noise.size(0) < steps:
+            raise ValueError(f"noise has {noise.size(0)} steps; the chain runs {steps}")
+        for t, eps in enumerate(noise.unbind(0)[:steps]):
+            scale = 1.0 - t / steps if anneal_noise else 1.0
+            state = kernel._step(state, eps, scale, with_log_prob=t == steps - 1)
+            grads.append(state.grad)
+            if states is not None:
+                states.append(state.z)
+        stats = {
+            "start_log_prob": start_lp.mean(),
+            "end_log_prob": state.log_prob.mean(),
+            "displacement": (state.z - z0.float()).norm(dim=-1).mean(),
+            "grad_norm": torch.stack(grads).norm(dim=-1).mean(),
+            "nonfinite": (~torch.isfinite(state.z)).float().mean(),
+        }
     return ChainResult(state.z.to(z0.dtype), stats, torch.stack(states) if states is not None else None)
 
 

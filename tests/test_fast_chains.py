@@ -16,10 +16,49 @@ def test_prior_chain_fast_gradient_matches_autograd(plugins, activation):
     prior = comp.factory(comp.config(activation=activation, hidden=32), 4)
     z0, noise = torch.randn(16, 4), torch.randn(60, 16, 4)
     naive = run_chain(LangevinKernel(prior.unnormalized, 0.4), z0, 60, noise=noise)
-    fast = run_chain(LangevinKernel(prior.unnormalized, 0.4, grad_fn=prior.unnormalized_and_grad), z0, 60, noise=noise)
+    kernel = prior.kernel()
+    assert kernel.grad_fn is not None and kernel.score_fn is not None  # the fast path is what runs
+    fast = run_chain(kernel, z0, 60, noise=noise)
     assert torch.allclose(naive.z, fast.z, atol=1e-5)
     for key in naive.stats:
         assert torch.allclose(naive.stats[key], fast.stats[key], atol=1e-4), key
+
+
+@pytest.mark.parametrize("activation", ["gelu", "leaky_relu", "silu"])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_energy_gradient_alone_matches_autograd(plugins, activation, depth):
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(activation=activation, hidden=24, depth=depth), 5)
+    z = torch.randn(7, 5, requires_grad=True)
+    f = prior.energy(z)
+    (want,) = torch.autograd.grad(f.sum(), z)
+    with torch.no_grad():
+        value, grad = prior.energy.value_and_grad(z)
+        alone = prior.energy.grad(z)
+        unnormalized = prior.unnormalized_grad(z)
+    torch.testing.assert_close(value, f.detach())
+    torch.testing.assert_close(grad, want)
+    torch.testing.assert_close(alone, want)
+    torch.testing.assert_close(unnormalized, want - z.detach() / prior.cfg.sigma0**2)
+
+
+def test_chain_reads_log_density_only_where_it_is_reported():
+    calls = {"value": 0, "score": 0}
+
+    def grad_fn(z):
+        calls["value"] += 1
+        return -0.5 * z.square().sum(-1), -z
+
+    def score_fn(z):
+        calls["score"] += 1
+        return -z
+
+    z0 = torch.randn(4, 3)
+    result = run_chain(LangevinKernel(lambda z: -0.5 * z.square().sum(-1), 0.3, grad_fn=grad_fn, score_fn=score_fn), z0, 10)
+    assert calls == {"value": 2, "score": 9}  # start and end; the 9 states between need no value
+    assert torch.allclose(result.stats["end_log_prob"], -0.5 * result.z.square().sum(-1).mean())
+    with pytest.raises(ValueError, match="noise has 5 steps; the chain runs 10"):
+        run_chain(LangevinKernel(lambda z: -0.5 * z.square().sum(-1), 0.3), z0, 10, noise=torch.randn(5, 4, 3))
 
 
 def test_prior_sample_fast_flag_same_samples(plugins):

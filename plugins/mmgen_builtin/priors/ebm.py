@@ -23,7 +23,8 @@ from mmgen.errors import MMGenError
 from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Prior
 
-ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU}
+_LEAKY_SLOPE = 0.2
+ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE), "silu": nn.SiLU}
 
 
 @dataclass
@@ -80,38 +81,46 @@ class EnergyMLP(nn.Module):
 
         For h_0 = z, a_l = h_{l-1} W_l^T + b_l, h_l = act(a_l), f = h_L w^T + c:
         grad = ((w * act'(a_L)) W_L * act'(a_{L-1}) ... ) W_1. Each layer costs two kernels each
-        way (addmm and the activation; its backward kernel and a matmul) and no autograd graph is
+        way (linear and the activation; its backward kernel and a matmul) and no autograd graph is
         built, which is what makes a 60-step prior chain cheap (docs/benchmarks.md). Weights are
         read once, so with spectral norm the power iteration runs once per call.
         """
+        return self._value_and_grad(z, with_value=True)
+
+    def grad(self, z: Tensor) -> Tensor:
+        """grad_z f(z) alone: the last hidden activation and the output layer are skipped."""
+        return self._value_and_grad(z, with_value=False)[1]
+
+    def _value_and_grad(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
         weights = [(lin.weight, lin.bias) for lin in linears]
+        (w_out, b_out), hidden = weights[-1], weights[:-1]
         h, pre = z, []
-        for weight, bias in weights[:-1]:
-            a = torch.addmm(bias, h, weight.T)  # (N, H)
-            pre.append(a)
-            h = self.act(a)
-        w_out, b_out = weights[-1]
-        f = torch.addmm(b_out, h, w_out.T).squeeze(-1)  # (N,)
+        for i, (weight, bias) in enumerate(hidden):
+            pre.append(F.linear(h, weight, bias))  # (N, H)
+            if with_value or i < len(hidden) - 1:
+                h = self.act(pre[-1])
+        f = F.linear(h, w_out, b_out).squeeze(-1) if with_value else None  # (N,)
         g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
-        for (weight, _), a in zip(reversed(weights[:-1]), reversed(pre)):
+        for (weight, _), a in zip(reversed(hidden), reversed(pre)):
             g = self.act_backward(g, a) @ weight  # (N, H_in)
-        return f, g
+        return f, g.contiguous()  # an energy with no hidden layer returns its own (expanded) row
 
     def act(self, a: Tensor) -> Tensor:
         """The activation (the same kernels the module's own layers run)."""
         if self.activation == "gelu":
             return F.gelu(a)
         if self.activation == "leaky_relu":
-            return F.leaky_relu(a, 0.2)
+            return F.leaky_relu(a, _LEAKY_SLOPE)
         return F.silu(a)
 
     def act_backward(self, g: Tensor, a: Tensor) -> Tensor:
-        """``g * act'(a)`` in one kernel (the ones autograd itself calls)."""
+        """``g * act'(a)`` in one kernel (the ones autograd itself calls). On this CPU these fused
+        kernels beat an act' that shares erf/exp with act (docs/benchmarks.md)."""
         if self.activation == "gelu":  # exact (erf) GELU
             return torch.ops.aten.gelu_backward(g, a)
         if self.activation == "leaky_relu":
-            return torch.ops.aten.leaky_relu_backward(g, a, 0.2, False)
+            return torch.ops.aten.leaky_relu_backward(g, a, _LEAKY_SLOPE, False)
         return torch.ops.aten.silu_backward(g, a)
 
 
@@ -160,6 +169,10 @@ class EBMPrior(Prior):
         s2 = self.cfg.sigma0**2
         return f.sub_(z.square().sum(-1), alpha=0.5 / s2), g.sub_(z, alpha=1.0 / s2)
 
+    def unnormalized_grad(self, z: Tensor) -> Tensor:
+        """The gradient of :meth:`unnormalized` alone (the inner steps of a prior chain)."""
+        return self.energy.grad(z).sub_(z, alpha=1.0 / self.cfg.sigma0**2)
+
     def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """log p_alpha(z) (up to log Z) and its gradient in closed form (posterior Langevin uses it)."""
         if not self.fast:
@@ -172,8 +185,7 @@ class EBMPrior(Prior):
               noise: Tensor | None = None) -> ChainResult:
         """K0 steps of prior Langevin from z0 ~ N(0, sigma0^2 I) (``noise`` ``(K0, n, D)`` fixes the stream)."""
         z0 = self.cfg.sigma0 * torch.randn(n, self.dim, device=device)
-        grad_fn = self.unnormalized_and_grad if self.fast else None
-        kernel = LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
+        kernel = self.kernel()
         if self.graphed is not None:
             result = self.graphed(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain,
                                   noise=noise, tensors=tuple(self.energy.parameters()))
@@ -181,6 +193,13 @@ class EBMPrior(Prior):
             result = run_chain(kernel, z0, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain, noise=noise)
         self._diagnostics = {f"chain/{k}": v for k, v in result.stats.items()}
         return result
+
+    def kernel(self) -> LangevinKernel:
+        """The prior Langevin kernel: closed-form gradients when :attr:`fast`, autograd otherwise."""
+        if not self.fast:
+            return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
+        return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad,
+                              self.unnormalized_and_grad, self.unnormalized_grad)
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """``n`` samples by prior Langevin."""
