@@ -26,10 +26,12 @@ def test_prior_chain_fast_gradient_matches_autograd(plugins, activation):
 
 @pytest.mark.parametrize("activation", ["gelu", "leaky_relu", "silu"])
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])
-def test_energy_gradient_alone_matches_autograd(plugins, activation, depth):
+@pytest.mark.parametrize("batch", [7, 1400])  # 1400 x 24 activations: over the ATen/oneDNN switch
+def test_energy_gradient_alone_matches_autograd(plugins, activation, depth, batch):
     comp = plugins.registry.get("prior", "ebm")
     prior = comp.factory(comp.config(activation=activation, hidden=24, depth=depth), 5)
-    z = torch.randn(7, 5, requires_grad=True)
+    z = torch.randn(batch, 5, requires_grad=True)
+    onednn = torch.backends.mkldnn.enabled
     f = prior.energy(z)
     (want,) = torch.autograd.grad(f.sum(), z)
     with torch.no_grad():
@@ -40,6 +42,7 @@ def test_energy_gradient_alone_matches_autograd(plugins, activation, depth):
     torch.testing.assert_close(grad, want)
     torch.testing.assert_close(alone, want)
     torch.testing.assert_close(unnormalized, want - z.detach() / prior.cfg.sigma0**2)
+    assert torch.backends.mkldnn.enabled == onednn  # the kernel switch is put back
 
 
 def test_chain_reads_log_density_only_where_it_is_reported():

@@ -24,6 +24,7 @@ from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Prior
 
 _LEAKY_SLOPE = 0.2
+_ATEN_ELTWISE_BELOW = 32768  # activation elements per call under which ATen's kernels beat oneDNN's
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE), "silu": nn.SiLU}
 
 
@@ -63,6 +64,7 @@ class EnergyMLP(nn.Module):
         if cfg.activation not in ACTIVATIONS:
             raise MMGenError(f"model.prior.activation: unknown '{cfg.activation}'; valid: {', '.join(ACTIVATIONS)}")
         self.activation = cfg.activation
+        self.width = cfg.hidden
         layers: list[nn.Module] = []
         width = dim
         for _ in range(cfg.depth):
@@ -72,6 +74,8 @@ class EnergyMLP(nn.Module):
         if cfg.spectral_norm:
             layers = [nn.utils.parametrizations.spectral_norm(m) if isinstance(m, nn.Linear) else m for m in layers]
         self.net = nn.Sequential(*layers)
+        # The layers themselves (not their weights: spectral norm recomputes those on access).
+        self._linears = tuple(m for m in self.net if isinstance(m, nn.Linear))
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).squeeze(-1)
@@ -92,8 +96,18 @@ class EnergyMLP(nn.Module):
         return self._value_and_grad(z, with_value=False)[1]
 
     def _value_and_grad(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
-        linears = [m for m in self.net if isinstance(m, nn.Linear)]
-        weights = [(lin.weight, lin.bias) for lin in linears]
+        # On the CPU oneDNN's GELU kernels cost 10-25 us a call whatever the size: ATen's own
+        # are faster below ~30k elements, slower above (docs/benchmarks.md). Matmuls use BLAS either way.
+        onednn = torch.backends.mkldnn.enabled
+        small = z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW
+        torch.backends.mkldnn.enabled = onednn and not small
+        try:
+            return self._pass(z, with_value)
+        finally:
+            torch.backends.mkldnn.enabled = onednn
+
+    def _pass(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
+        weights = [(lin.weight, lin.bias) for lin in self._linears]
         (w_out, b_out), hidden = weights[-1], weights[:-1]
         h, pre = z, []
         for i, (weight, bias) in enumerate(hidden):
