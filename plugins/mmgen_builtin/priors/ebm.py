@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,13 @@ from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Prior
 
 _LEAKY_SLOPE = 0.2
+# activation -> (act(a), g * act'(a)): the kernels autograd itself runs for these layers
+_KERNELS = {
+    "gelu": (F.gelu, torch.ops.aten.gelu_backward.default),
+    "leaky_relu": (partial(F.leaky_relu, negative_slope=_LEAKY_SLOPE),
+                   partial(torch.ops.aten.leaky_relu_backward.default, negative_slope=_LEAKY_SLOPE, self_is_result=False)),
+    "silu": (F.silu, torch.ops.aten.silu_backward.default),
+}
 _ATEN_ELTWISE_BELOW = 32768  # activation elements per call under which ATen's kernels beat oneDNN's
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE), "silu": nn.SiLU}
 
@@ -76,66 +84,68 @@ class EnergyMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         # The layers themselves (not their weights: spectral norm recomputes those on access).
         self._linears = tuple(m for m in self.net if isinstance(m, nn.Linear))
+        self._parametrized = cfg.spectral_norm
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z).squeeze(-1)
 
-    def value_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """f(z) and grad_z f(z) in one forward pass and a hand-derived backward pass.
+    def value_and_grad(self, z: Tensor, z_coeff: float = 0.0) -> tuple[Tensor, Tensor]:
+        """f(z) and grad_z f(z) + ``z_coeff`` z, in one forward pass and a hand-derived backward pass.
 
         For h_0 = z, a_l = h_{l-1} W_l^T + b_l, h_l = act(a_l), f = h_L w^T + c:
         grad = ((w * act'(a_L)) W_L * act'(a_{L-1}) ... ) W_1. Each layer costs two kernels each
         way (linear and the activation; its backward kernel and a matmul) and no autograd graph is
-        built, which is what makes a 60-step prior chain cheap (docs/benchmarks.md). Weights are
-        read once, so with spectral norm the power iteration runs once per call.
+        built, which is what makes a 60-step prior chain cheap (docs/benchmarks.md). ``z_coeff``
+        (a Gaussian term's -1/sigma^2) rides in the last matmul. Weights are read once, so with
+        spectral norm the power iteration runs once per call.
         """
-        return self._value_and_grad(z, with_value=True)
+        return self._value_and_grad(z, True, z_coeff)
 
-    def grad(self, z: Tensor) -> Tensor:
-        """grad_z f(z) alone: the last hidden activation and the output layer are skipped."""
-        return self._value_and_grad(z, with_value=False)[1]
+    def grad(self, z: Tensor, z_coeff: float = 0.0) -> Tensor:
+        """grad_z f(z) + ``z_coeff`` z alone: the last hidden activation and the output layer are skipped."""
+        return self._value_and_grad(z, False, z_coeff)[1]
 
-    def _value_and_grad(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
+    def _value_and_grad(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
         # On the CPU oneDNN's GELU kernels cost 10-25 us a call whatever the size: ATen's own
         # are faster below ~30k elements, slower above (docs/benchmarks.md). Matmuls use BLAS either way.
-        onednn = torch.backends.mkldnn.enabled
-        small = z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW
-        torch.backends.mkldnn.enabled = onednn and not small
+        onednn = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(onednn and not (z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW))
         try:
-            return self._pass(z, with_value)
+            return self._pass(z, with_value, z_coeff)
         finally:
-            torch.backends.mkldnn.enabled = onednn
+            torch._C._set_mkldnn_enabled(onednn)
 
-    def _pass(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
-        weights = [(lin.weight, lin.bias) for lin in self._linears]
-        (w_out, b_out), hidden = weights[-1], weights[:-1]
+    def _pass(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
+        act, act_backward = _KERNELS[self.activation]
+        *hidden, (w_out, b_out) = self.layer_weights()
         h, pre = z, []
         for i, (weight, bias) in enumerate(hidden):
             pre.append(F.linear(h, weight, bias))  # (N, H)
             if with_value or i < len(hidden) - 1:
-                h = self.act(pre[-1])
+                h = act(pre[-1])
         f = F.linear(h, w_out, b_out).squeeze(-1) if with_value else None  # (N,)
+        if not hidden:  # a linear energy: its gradient is its own row
+            return f, torch.add(w_out.expand_as(z), z, alpha=z_coeff)
         g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
-        for (weight, _), a in zip(reversed(hidden), reversed(pre)):
-            g = self.act_backward(g, a) @ weight  # (N, H_in)
-        return f, g.contiguous()  # an energy with no hidden layer returns its own (expanded) row
+        for (weight, _), a in zip(hidden[:0:-1], pre[:0:-1]):
+            g = torch.mm(act_backward(g, a), weight)  # (N, H_in)
+        return f, torch.addmm(z, act_backward(g, pre[0]), hidden[0][0], beta=z_coeff)
+
+    def layer_weights(self) -> list[tuple[Tensor, Tensor]]:
+        """(weight, bias) of each linear layer, read straight from the parameter dicts unless
+        spectral norm computes the weights (Module.__getattr__ costs ~2 us a read, 5 reads a step)."""
+        if self._parametrized:
+            return [(lin.weight, lin.bias) for lin in self._linears]
+        return [(lin._parameters["weight"], lin._parameters["bias"]) for lin in self._linears]
 
     def act(self, a: Tensor) -> Tensor:
-        """The activation (the same kernels the module's own layers run)."""
-        if self.activation == "gelu":
-            return F.gelu(a)
-        if self.activation == "leaky_relu":
-            return F.leaky_relu(a, _LEAKY_SLOPE)
-        return F.silu(a)
+        """The activation (the same kernel the module's own layers run)."""
+        return _KERNELS[self.activation][0](a)
 
     def act_backward(self, g: Tensor, a: Tensor) -> Tensor:
-        """``g * act'(a)`` in one kernel (the ones autograd itself calls). On this CPU these fused
+        """``g * act'(a)`` in one kernel (the one autograd itself calls). On this CPU the fused
         kernels beat an act' that shares erf/exp with act (docs/benchmarks.md)."""
-        if self.activation == "gelu":  # exact (erf) GELU
-            return torch.ops.aten.gelu_backward(g, a)
-        if self.activation == "leaky_relu":
-            return torch.ops.aten.leaky_relu_backward(g, a, _LEAKY_SLOPE, False)
-        return torch.ops.aten.silu_backward(g, a)
+        return _KERNELS[self.activation][1](g, a)
 
 
 class EBMPrior(Prior):
@@ -179,13 +189,13 @@ class EBMPrior(Prior):
 
     def unnormalized_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """:meth:`unnormalized` and its gradient, without autograd."""
-        f, g = self.energy.value_and_grad(z)
         s2 = self.cfg.sigma0**2
-        return f.sub_(z.square().sum(-1), alpha=0.5 / s2), g.sub_(z, alpha=1.0 / s2)
+        f, g = self.energy.value_and_grad(z, -1.0 / s2)
+        return f.sub_(z.square().sum(-1), alpha=0.5 / s2), g
 
     def unnormalized_grad(self, z: Tensor) -> Tensor:
         """The gradient of :meth:`unnormalized` alone (the inner steps of a prior chain)."""
-        return self.energy.grad(z).sub_(z, alpha=1.0 / self.cfg.sigma0**2)
+        return self.energy.grad(z, -1.0 / self.cfg.sigma0**2)
 
     def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """log p_alpha(z) (up to log Z) and its gradient in closed form (posterior Langevin uses it)."""
@@ -212,8 +222,8 @@ class EBMPrior(Prior):
         """The prior Langevin kernel: closed-form gradients when :attr:`fast`, autograd otherwise."""
         if not self.fast:
             return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
-        return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad,
-                              self.unnormalized_and_grad, self.unnormalized_grad)
+        score = partial(self.energy.grad, z_coeff=-1.0 / self.cfg.sigma0**2)  # = unnormalized_grad, bound once
+        return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, self.unnormalized_and_grad, score)
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """``n`` samples by prior Langevin."""
