@@ -17,6 +17,7 @@ Prints a table; writes JSON (default benchmarks/results/langevin-<host>.json).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -73,20 +74,36 @@ def _once(fn, device: torch.device) -> float:
 
 
 def prior_chain(plugins, dim: int, batch: int, steps: int, repeats: int, device: torch.device,
-                activation: str = "gelu") -> dict:
+                activation: str = "gelu", compile_: bool = False) -> dict:
     comp = plugins.registry.get("prior", "ebm")
     prior = comp.factory(comp.config(steps=steps, activation=activation), dim).to(device)
     z0 = torch.randn(batch, dim, device=device)
     naive_kernel = LangevinKernel(prior.unnormalized, 0.4)
     fast_kernel = prior.kernel()  # closed-form gradient, and no log-density at the inner steps
-    fns = {"naive": lambda: run_chain(naive_kernel, z0, steps), "fast": lambda: run_chain(fast_kernel, z0, steps)}
+
+    def grad_alone():  # the fast gradient called K times, without the chain around it
+        with torch.no_grad():
+            for _ in range(steps):
+                fast_kernel.score_fn(z0)
+
+    fns = {"naive": lambda: run_chain(naive_kernel, z0, steps), "fast": lambda: run_chain(fast_kernel, z0, steps),
+           "grad": grad_alone}
+    if compile_:  # the same chain with torch.compile's (inductor) version of the fast gradient
+        compiled_kernel = dataclasses.replace(fast_kernel, score_fn=torch.compile(fast_kernel.score_fn, dynamic=False))
+        t = time.perf_counter()
+        run_chain(compiled_kernel, z0, steps)
+        compile_s = time.perf_counter() - t
+        fns["compiled"] = lambda: run_chain(compiled_kernel, z0, steps)
     if device.type == "cuda":  # the fast chain replayed as one captured CUDA graph
         graphed_chain = GraphedChain()
         fns["graphed"] = lambda: graphed_chain(fast_kernel, z0, steps)
     t = timed_together(fns, repeats, device)
     row = {"chain": "prior", "activation": activation, "dim": dim, "batch": batch, "steps": steps,
            "naive_us_per_step": t["naive"] / steps * 1e6, "fast_us_per_step": t["fast"] / steps * 1e6,
-           "fast_over_naive": t["fast"] / t["naive"]}
+           "fast_over_naive": t["fast"] / t["naive"], "grad_alone_us_per_step": t["grad"] / steps * 1e6}
+    if "compiled" in t:
+        row.update(compiled_us_per_step=t["compiled"] / steps * 1e6, compiled_over_naive=t["compiled"] / t["naive"],
+                   compile_s=compile_s)
     if "graphed" in t:
         row.update(graphed_us_per_step=t["graphed"] / steps * 1e6, graphed_over_naive=t["graphed"] / t["naive"],
                    graph_fallback=graphed_chain.fallback_reason)
@@ -123,6 +140,7 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 32], help="prior latent sizes")
     parser.add_argument("--activations", nargs="+", default=["gelu"], help="energy activations for the prior chain")
     parser.add_argument("--no-posterior", action="store_true", help="time the prior chain only")
+    parser.add_argument("--compile", action="store_true", help="also time the prior chain with a torch.compile'd gradient")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe", default="moe-ebm-mmvaeplus")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -137,10 +155,13 @@ def main() -> None:
         for activation in args.activations:
             for dim in args.dims:
                 for batch in args.prior_batches or [args.batch]:
-                    r = prior_chain(plugins, dim, batch, 60, args.repeats, device, activation)
+                    r = prior_chain(plugins, dim, batch, 60, args.repeats, device, activation, args.compile)
                     results.append({"device": str(device), **r})
                     print(f"{device} prior {activation:<10} D={dim:<3} B={batch:<4} naive {r['naive_us_per_step']:8.1f} us/step"
                           f"  fast {r['fast_us_per_step']:8.1f} us/step  fast/naive {r['fast_over_naive']:.2f}"
+                          f"  (gradient alone {r['grad_alone_us_per_step']:.1f})"
+                          + (f"  compiled {r['compiled_us_per_step']:8.1f} us/step ({r['compile_s']:.1f} s to compile)"
+                             if "compiled_us_per_step" in r else "")
                           + (f"  graphed {r['graphed_us_per_step']:8.1f} us/step  graphed/naive {r['graphed_over_naive']:.3f}"
                              if "graphed_us_per_step" in r else ""))
         if args.no_posterior:

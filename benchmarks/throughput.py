@@ -9,6 +9,7 @@ in a fresh process, so its peak memory (resident set on the CPU, tensor memory o
 
     python benchmarks/throughput.py                      # every recipe in configs/, CPU (+ CUDA)
     python benchmarks/throughput.py --recipes mmvae mvae --steps 20 --json out.json
+    python benchmarks/throughput.py --recipes mmvaeplus --threads 1 --profile 2   # where a step's time goes
 
 Results print as a table and are written as JSON (``--json``, default
 benchmarks/results/throughput-<host>.json) with the command, date, torch version and hardware.
@@ -53,7 +54,21 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: int, plugins, overrides: list[str]) -> dict:
+def where_time_goes(step, steps: int = 2, top: int = 8) -> list[dict]:
+    """Profile ``steps`` calls of ``step()``: the ``top`` operators by self CPU time, with their share."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"op": e.key, "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1000 / steps, 2),
+             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:top]]
+
+
+def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: int, plugins, overrides: list[str],
+                 profile_steps: int = 0) -> dict:
     """Time ``steps`` training steps of ``recipe`` on ``device``; returns one result row."""
     raw = compose(recipe, overrides=[f"train.batch_size={batch_size}", f"train.device={device}", *overrides])
     cfg = resolve(raw, plugins.registry)
@@ -73,21 +88,26 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     it = batches()
-    times, cpu_times = [], []
-    for i in range(warmup + steps):
-        host = next(it)
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = model(host.to(device))
+
+    def step():
+        out = model(next(it).to(device))
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return out
+
+    times, cpu_times = [], []
+    for i in range(warmup + steps):
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = step()
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
     # The median step: robust to the odd step slowed by another process on a shared machine.
     median = statistics.median(times)
+    ops = where_time_goes(step, profile_steps) if profile_steps else None
     m = cfg["model"]
     return {
         "recipe": recipe,
@@ -110,15 +130,16 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         # and on CUDA the peak memory held by tensors.
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
+        "top_ops": ops,
     }
 
 
 def bench_in_child(recipe: str, device: str, batch_size: int, steps: int, warmup: int, threads: int,
-                   overrides: list[str]) -> dict:
+                   overrides: list[str], profile_steps: int = 0) -> dict:
     """:func:`bench_recipe` in a fresh process, so that peak memory is this recipe's alone."""
     if threads:
         torch.set_num_threads(threads)
-    return bench_recipe(recipe, device, batch_size, steps, warmup, create_plugin_manager(), overrides)
+    return bench_recipe(recipe, device, batch_size, steps, warmup, create_plugin_manager(), overrides, profile_steps)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", nargs="*", default=None, help="cpu and/or cuda (default: cpu, plus cuda if available)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", default=None, help="where to write the results as JSON")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many steps and print the operators that take the time")
     parser.add_argument("overrides", nargs="*", help="key.path=value config overrides applied to every recipe")
     args = parser.parse_args(argv)
 
@@ -147,12 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         for recipe in recipes:
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 row = pool.submit(bench_in_child, recipe, device, args.batch_size, args.steps, args.warmup,
-                                  args.threads, args.overrides).result()
+                                  args.threads, args.overrides, args.profile).result()
             rows.append(row)
             peak = row["peak_cuda_mib"] if device == "cuda" else row["peak_rss_mib"]
             print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"
                   f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['cpu_ms_per_step']:>10.1f}"
                   f"{peak:>10.0f}", flush=True)
+            if row["top_ops"]:
+                print("    " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in row["top_ops"]), flush=True)
 
     report = {
         "command": " ".join([Path(sys.argv[0]).name if argv is None else "throughput.py", *(sys.argv[1:] if argv is None else argv)]),
