@@ -127,7 +127,7 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
         states = [state.z] if keep_chain else None
         grads = [state.grad]
         if noise is None:  # one draw for the whole chain: a kernel launch, not K
-            noise = torch.randn(steps, *state.z.shape, device=state.z.device)
+            noise = torch.randn(steps, *state.z.shape, device=state.z.device, dtype=state.z.dtype)
         elif noise.size(0) < steps:
             raise ValueError(f"noise has {noise.size(0)} steps; the chain runs {steps}")
         for t, eps in enumerate(noise.unbind(0)[:steps]):

@@ -108,12 +108,13 @@ class EnergyMLP(nn.Module):
     def _value_and_grad(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
         # On the CPU oneDNN's GELU kernels cost 10-25 us a call whatever the size: ATen's own
         # are faster below ~30k elements, slower above (docs/benchmarks.md). Matmuls use BLAS either way.
-        onednn = torch._C._get_mkldnn_enabled()
-        torch._C._set_mkldnn_enabled(onednn and not (z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW))
+        onednn = torch.backends.mkldnn.enabled
+        small = z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW
+        torch.backends.mkldnn.enabled = onednn and not small
         try:
             return self._pass(z, with_value, z_coeff)
         finally:
-            torch._C._set_mkldnn_enabled(onednn)
+            torch.backends.mkldnn.enabled = onednn
 
     def _pass(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
         act, act_backward = _KERNELS[self.activation]
