@@ -82,7 +82,7 @@ def prior_chain(plugins, dim: int, batch: int, steps: int, repeats: int, device:
     fast_kernel = prior.kernel()  # closed-form gradient, and no log-density at the inner steps
 
     def grad_alone():  # the fast gradient called K times, without the chain around it
-        with torch.no_grad():
+        with fast_kernel.context(z0):
             for _ in range(steps):
                 fast_kernel.score_fn(z0)
 

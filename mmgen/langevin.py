@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -54,7 +54,9 @@ class LangevinKernel:
     gradients of image decoders); ``noise_scale`` multiplies the injected noise (annealing).
     ``grad_fn``, when given, returns (log pi, grad log pi) without autograd (a fused or
     hand-derived gradient); it must agree with ``log_prob``. ``score_fn``, optional beside it,
-    returns the gradient alone, for the steps whose log-density nobody reads.
+    returns the gradient alone, for the steps whose log-density nobody reads. ``environment``,
+    optional, gives the context these functions want around them (``environment(z)``, e.g. a
+    choice of kernels for z's size); :func:`run_chain` enters it once for the whole chain.
     """
 
     log_prob: LogDensity
@@ -62,18 +64,22 @@ class LangevinKernel:
     clip_grad: float = 0.0
     grad_fn: ValueAndGrad | None = None
     score_fn: Score | None = None
+    environment: Callable[[Tensor], AbstractContextManager] | None = None
 
-    def context(self, device_type: str) -> ExitStack:
-        """Where the kernel's arithmetic runs: float32 without autocast and, for a closed-form
-        gradient, without autograd. :func:`run_chain` enters it once per chain, not per step."""
+    def context(self, z: Tensor) -> ExitStack:
+        """Where the kernel's arithmetic runs for chains like ``z``: float32 without autocast,
+        without autograd for a closed-form gradient, inside the target's ``environment``.
+        :func:`run_chain` enters it once per chain, not per step."""
         stack = ExitStack()
-        stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        stack.enter_context(torch.autocast(device_type=z.device.type, enabled=False))
         if self.grad_fn is not None:
             stack.enter_context(torch.no_grad())
+        if self.environment is not None:
+            stack.enter_context(self.environment(z))
         return stack
 
     def value_and_grad(self, z: Tensor, with_value: bool = True) -> tuple[Tensor | None, Tensor]:
-        with self.context(z.device.type):
+        with self.context(z):
             return self._value_and_grad(z, with_value)
 
     def init(self, z: Tensor) -> LangevinState:
@@ -82,7 +88,7 @@ class LangevinKernel:
 
     def step(self, state: LangevinState, noise: Tensor, noise_scale: float = 1.0,
              with_log_prob: bool = True) -> LangevinState:
-        with self.context(state.z.device.type):
+        with self.context(state.z):
             return self._step(state, noise, noise_scale, with_log_prob)
 
     def _value_and_grad(self, z: Tensor, with_value: bool) -> tuple[Tensor | None, Tensor]:
@@ -121,7 +127,7 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
     torch's global generator. Diagnostics: log pi at start and end, mean |z_K - z_0|, the mean
     gradient norm, and the fraction of non-finite entries.
     """
-    with kernel.context(z0.device.type):
+    with kernel.context(z0):
         state = kernel.init(z0)
         start_lp = state.log_prob
         states = [state.z] if keep_chain else None

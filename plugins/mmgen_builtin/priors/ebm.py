@@ -11,6 +11,8 @@ mean f(z-) - mean f(z+) on prior (negative) and posterior (positive) samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -106,13 +108,20 @@ class EnergyMLP(nn.Module):
         return self._value_and_grad(z, False, z_coeff)[1]
 
     def _value_and_grad(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
-        # On the CPU oneDNN's GELU kernels cost 10-25 us a call whatever the size: ATen's own
-        # are faster below ~30k elements, slower above (docs/benchmarks.md). Matmuls use BLAS either way.
+        with self.kernels_for(z):
+            return self._pass(z, with_value, z_coeff)
+
+    @contextmanager
+    def kernels_for(self, z: Tensor) -> Iterator[None]:
+        """Inside: the fastest activation kernels for a pass over ``z``. On the CPU oneDNN's GELU
+        kernels cost 10-25 us a call whatever the size: ATen's own are faster below ~30k elements,
+        slower above (docs/benchmarks.md), so oneDNN is switched off for small passes. Matmuls use
+        BLAS either way. A Langevin chain enters this once (``LangevinKernel.environment``)."""
         onednn = torch.backends.mkldnn.enabled
         small = z.device.type == "cpu" and z.size(0) * self.width < _ATEN_ELTWISE_BELOW
         torch.backends.mkldnn.enabled = onednn and not small
         try:
-            return self._pass(z, with_value, z_coeff)
+            yield
         finally:
             torch.backends.mkldnn.enabled = onednn
 
@@ -223,8 +232,10 @@ class EBMPrior(Prior):
         """The prior Langevin kernel: closed-form gradients when :attr:`fast`, autograd otherwise."""
         if not self.fast:
             return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
-        score = partial(self.energy.grad, z_coeff=-1.0 / self.cfg.sigma0**2)  # = unnormalized_grad, bound once
-        return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, self.unnormalized_and_grad, score)
+        # unnormalized_grad, bound once, its kernel choice made once per chain (environment)
+        score = partial(self.energy._pass, with_value=False, z_coeff=-1.0 / self.cfg.sigma0**2)
+        return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, self.unnormalized_and_grad,
+                              lambda z: score(z)[1], self.energy.kernels_for)
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """``n`` samples by prior Langevin."""
