@@ -53,10 +53,8 @@ def main() -> None:
     z = torch.randn(args.batch, args.dim)
     eps = torch.randn_like(z)
     kernels: dict[str, object] = {}
-    with torch.no_grad():
+    with torch.no_grad(), energy.kernels_for(z):  # the kernels the energy itself picks for this size
         *hidden, (w_out, _) = [(w.detach(), b.detach()) for w, b in energy.layer_weights()]
-        onednn = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = not (args.batch * energy.width < 32768)  # as the energy does
         h, pre = z, []
         for i, (weight, bias) in enumerate(hidden):  # forward: linear, activation (not the last one's)
             x = h
@@ -75,7 +73,6 @@ def main() -> None:
             g = torch.mm(d, weight)
         kernels["Langevin update (2 ops)"] = lambda: torch.add(z, g, alpha=0.08).add_(eps, alpha=0.4)
         rows = {name: per_call_us(fn) for name, fn in kernels.items()}
-        torch.backends.mkldnn.enabled = onednn
     steps = 60
     naive_kernel = LangevinKernel(prior.unnormalized, 0.4)
     chains = {name: per_call_us(lambda k=k: run_chain(k, z, steps), calls=21) / steps
