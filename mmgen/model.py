@@ -122,8 +122,7 @@ class MultimodalModel(nn.Module):
                 out.append(z.new_zeros(z.shape[:-1]))
                 continue
             loc = self.decode(m, z, None if w is None else w[..., m, :])
-            lp = dist.log_prob(self.likelihood_family, x_m, loc, torch.tensor(self.likelihood_scale, device=loc.device))
-            out.append(lp.flatten(start_dim=lp.dim() - x_m.dim() + 1).sum(-1))
+            out.append(dist.log_prob_sum(self.likelihood_family, x_m, loc, self.likelihood_scale, x_m.dim() - 1))
         return torch.stack(out, -1)
 
     # -- learning --------------------------------------------------------------------------------
