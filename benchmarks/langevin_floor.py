@@ -5,7 +5,9 @@ hand-derived gradient (linear and activation per hidden layer, the last one's ac
 skipped; then per layer the activation's backward kernel and a matmul) plus the Langevin update.
 This script times each of those kernels on its own, back to back on the same tensors, and sets
 their sum beside the whole fast step and the plain autograd step: no implementation of the same
-arithmetic can go below the sum, so it bounds the fast/naive ratio from below.
+arithmetic can go below the sum, so it bounds the fast/naive ratio from below. "naive" is mmgen's
+autograd fallback (parameters detached by functional_call, as SPEC 1.1 asks); "plain" the
+plainest autograd loop, f(z) with the parameters as they are.
 
     python benchmarks/langevin_floor.py --threads 1
     python benchmarks/langevin_floor.py --threads 2 --batch 16 --activation leaky_relu
@@ -74,9 +76,10 @@ def main() -> None:
         kernels["Langevin update (2 ops)"] = lambda: torch.add(z, g, alpha=0.08).add_(eps, alpha=0.4)
         rows = {name: per_call_us(fn) for name, fn in kernels.items()}
     steps = 60
-    naive_kernel = LangevinKernel(prior.unnormalized, 0.4)
+    naive_kernel = LangevinKernel(prior.unnormalized, 0.4)  # mmgen's autograd fallback
+    plain_kernel = LangevinKernel(lambda x: prior.energy(x) - 0.5 * x.square().sum(-1), 0.4)  # graph into the parameters
     chains = {name: per_call_us(lambda k=k: run_chain(k, z, steps), calls=21) / steps
-              for name, k in (("naive", naive_kernel), ("fast", prior.kernel()))}
+              for name, k in (("naive", naive_kernel), ("plain", plain_kernel), ("fast", prior.kernel()))}
     floor = sum(rows.values())
     print(f"prior step kernels: {args.activation}, D={args.dim}, batch {args.batch}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")
@@ -84,8 +87,9 @@ def main() -> None:
         print(f"  {name:<28} {us:8.1f} us")
     print(f"  {'sum (the floor)':<28} {floor:8.1f} us")
     print(f"fast step {chains['fast']:.1f} us = floor + {chains['fast'] - floor:.1f} us of everything else")
-    print(f"naive step {chains['naive']:.1f} us; floor / naive {floor / chains['naive']:.2f}, "
-          f"fast / naive {chains['fast'] / chains['naive']:.2f}")
+    for name in ("naive", "plain"):
+        print(f"{name} step {chains[name]:.1f} us; floor / {name} {floor / chains[name]:.2f}, "
+              f"fast / {name} {chains['fast'] / chains[name]:.2f}")
 
 
 if __name__ == "__main__":
