@@ -78,8 +78,16 @@ def main() -> None:
     steps = 60
     naive_kernel = LangevinKernel(prior.unnormalized, 0.4)  # mmgen's autograd fallback
     plain_kernel = LangevinKernel(lambda x: prior.energy(x) - 0.5 * x.square().sum(-1), 0.4)  # graph into the parameters
-    chains = {name: per_call_us(lambda k=k: run_chain(k, z, steps), calls=21) / steps
-              for name, k in (("naive", naive_kernel), ("plain", plain_kernel), ("fast", prior.kernel()))}
+    kernels_ = {"naive": naive_kernel, "plain": plain_kernel, "fast": prior.kernel()}
+    runs: dict[str, list[float]] = {name: [] for name in kernels_}
+    for name, k in kernels_.items():
+        run_chain(k, z, steps)
+    for _ in range(15):  # interleaved, so that a slow spell of the machine hits every variant alike
+        for name, k in kernels_.items():
+            t = time.perf_counter()
+            run_chain(k, z, steps)
+            runs[name].append((time.perf_counter() - t) / steps * 1e6)
+    chains = {name: sorted(v)[len(v) // 2] for name, v in runs.items()}
     floor = sum(rows.values())
     print(f"prior step kernels: {args.activation}, D={args.dim}, batch {args.batch}, "
           f"{torch.get_num_threads()} thread(s), torch {torch.__version__}")

@@ -58,5 +58,5 @@ def test_langevin_floor_script_sums_its_kernels():
     named = {" ".join(parts[:-2]): float(parts[-2]) for parts in kernels}
     floor = named.pop("sum (the floor)")
     assert {"linear 1", "gelu 1", "linear 2", "gelu backward 2", "matmul 2", "gelu backward 1", "matmul 1"} <= set(named)
-    assert abs(floor - sum(named.values())) < 0.2  # printed to 0.1 us
+    assert abs(floor - sum(named.values())) <= 0.05 * (len(named) + 1) + 1e-9  # each printed to 0.1 us
     assert all(f"{a} / {b}" in stdout for a in ("floor", "fast") for b in ("naive", "plain"))
