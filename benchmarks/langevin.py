@@ -41,16 +41,8 @@ HERE = Path(__file__).resolve().parent
 def timed(fn, repeats: int, device: torch.device) -> float:
     """Median wall seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    times = sorted(_once(fn, device) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def timed_together(fns: dict, repeats: int, device: torch.device) -> dict:
@@ -66,6 +58,7 @@ def timed_together(fns: dict, repeats: int, device: torch.device) -> dict:
 
 
 def _once(fn, device: torch.device) -> float:
+    """Wall seconds of one ``fn()`` (synchronised on CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
