@@ -83,7 +83,11 @@ class LangevinKernel:
             return self._value_and_grad(z, with_value)
 
     def init(self, z: Tensor) -> LangevinState:
-        lp, grad = self.value_and_grad(z)
+        with self.context(z):
+            return self._init(z)
+
+    def _init(self, z: Tensor) -> LangevinState:
+        lp, grad = self._value_and_grad(z, True)
         return LangevinState(z.detach().float(), lp, grad)
 
     def step(self, state: LangevinState, noise: Tensor, noise_scale: float = 1.0,
@@ -128,7 +132,7 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
     gradient norm, and the fraction of non-finite entries.
     """
     with kernel.context(z0):
-        state = kernel.init(z0)
+        state = kernel._init(z0)  # already inside the kernel's context
         start_lp = state.log_prob
         states = [state.z] if keep_chain else None
         grads = [state.grad]
