@@ -108,9 +108,10 @@ class LangevinKernel:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_grad / norm.clamp_min(self.clip_grad))
         s = self.step_size
-        z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)
-        lp, new_grad = self._value_and_grad(z, with_log_prob)
-        return LangevinState(z, lp, new_grad)
+        z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)  # float32, as state.z
+        if with_log_prob or self.score_fn is None:
+            return LangevinState(z, *self._value_and_grad(z, with_log_prob))
+        return LangevinState(z, None, self.score_fn(z))  # an inner step of a fast chain: the gradient alone
 
 
 @dataclass
@@ -140,9 +141,9 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
             noise = torch.randn(steps, *state.z.shape, device=state.z.device, dtype=state.z.dtype)
         elif noise.size(0) < steps:
             raise ValueError(f"noise has {noise.size(0)} steps; the chain runs {steps}")
+        step, last = kernel._step, steps - 1
         for t, eps in enumerate(noise.unbind(0)[:steps]):
-            scale = 1.0 - t / steps if anneal_noise else 1.0
-            state = kernel._step(state, eps, scale, with_log_prob=t == steps - 1)
+            state = step(state, eps, 1.0 - t / steps if anneal_noise else 1.0, t == last)
             grads.append(state.grad)
             if states is not None:
                 states.append(state.z)

@@ -37,12 +37,35 @@ def test_energy_gradient_alone_matches_autograd(plugins, activation, depth, batc
     with torch.no_grad():
         value, grad = prior.energy.value_and_grad(z)
         alone = prior.energy.grad(z)
+        bound = prior.energy.score(-0.5)(z)  # what a chain calls
         unnormalized = prior.unnormalized_grad(z)
     torch.testing.assert_close(value, f.detach())
     torch.testing.assert_close(grad, want)
     torch.testing.assert_close(alone, want)
+    torch.testing.assert_close(bound, want - 0.5 * z.detach())
     torch.testing.assert_close(unnormalized, want - z.detach() / prior.cfg.sigma0**2)
     assert torch.backends.mkldnn.enabled == onednn  # the kernel switch is put back
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True])
+def test_bound_score_follows_optimizer_updates(plugins, spectral_norm):
+    # A chain's kernel binds the energy's weights once; a kernel built before an optimizer step
+    # must still give the gradient after it (the Parameters are updated in place).
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(hidden=16, spectral_norm=spectral_norm), 3).eval()
+    score = prior.kernel().score_fn
+    z = torch.randn(9, 3)
+    with torch.no_grad():
+        before = score(z)
+    opt = torch.optim.SGD(prior.parameters(), lr=0.5)
+    prior.energy(torch.randn(32, 3)).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = score(z)
+    zr = z.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(prior.unnormalized(zr).sum(), zr)
+    torch.testing.assert_close(after, want)
+    assert not torch.allclose(before, after)  # the update moved the gradient: the test can fail
 
 
 def test_chain_reads_log_density_only_where_it_is_reported():

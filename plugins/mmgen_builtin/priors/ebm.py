@@ -11,7 +11,7 @@ mean f(z-) - mean f(z+) on prior (negative) and posterior (positive) samples.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -141,6 +141,33 @@ class EnergyMLP(nn.Module):
             g = torch.mm(act_backward(g, a), weight)  # (N, H_in)
         return f, torch.addmm(z, act_backward(g, pre[0]), hidden[0][0], beta=z_coeff)
 
+    def score(self, z_coeff: float = 0.0) -> Callable[[Tensor], Tensor]:
+        """:meth:`grad` as a function bound to the weights as they are now: what a chain calls.
+
+        Nothing is looked up per call (the weights, the kernels, the layers' structure); the
+        Parameters themselves are bound, so in-place optimizer updates are seen. With spectral
+        norm the weights are computed per call, so the plain :meth:`grad` is returned instead.
+        """
+        if self._parametrized:
+            return partial(self.grad, z_coeff=z_coeff)
+        act, act_backward = _KERNELS[self.activation]
+        *hidden, (w_out, _) = self.layer_weights()
+        if not hidden:  # a linear energy: its gradient is its own row
+            return lambda z: torch.add(w_out.expand_as(z), z, alpha=z_coeff)
+        (w_in, b_in), inner = hidden[0], hidden[1:]
+        backward = [weight for weight, _ in inner[::-1]]
+
+        def grad(z: Tensor) -> Tensor:
+            pre = [F.linear(z, w_in, b_in)]
+            for weight, bias in inner:
+                pre.append(F.linear(act(pre[-1]), weight, bias))
+            g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
+            for weight, a in zip(backward, pre[:0:-1]):
+                g = torch.mm(act_backward(g, a), weight)
+            return torch.addmm(z, act_backward(g, pre[0]), w_in, beta=z_coeff)
+
+        return grad
+
     def layer_weights(self) -> list[tuple[Tensor, Tensor]]:
         """(weight, bias) of each linear layer, read straight from the parameter dicts unless
         spectral norm computes the weights (Module.__getattr__ costs ~2 us a read, 5 reads a step)."""
@@ -232,10 +259,9 @@ class EBMPrior(Prior):
         """The prior Langevin kernel: closed-form gradients when :attr:`fast`, autograd otherwise."""
         if not self.fast:
             return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad)
-        # unnormalized_grad, bound once, its kernel choice made once per chain (environment)
-        score = partial(self.energy._pass, with_value=False, z_coeff=-1.0 / self.cfg.sigma0**2)
+        # unnormalized_grad bound to the weights once per chain, its kernel choice made once per chain
         return LangevinKernel(self.unnormalized, self.cfg.step_size, self.cfg.clip_grad, self.unnormalized_and_grad,
-                              lambda z: score(z)[1], self.energy.kernels_for)
+                              self.energy.score(-1.0 / self.cfg.sigma0**2), self.energy.kernels_for)
 
     def sample(self, n: int, device: torch.device | str = "cpu") -> Tensor:
         """``n`` samples by prior Langevin."""
