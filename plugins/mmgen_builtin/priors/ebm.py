@@ -126,20 +126,30 @@ class EnergyMLP(nn.Module):
             torch.backends.mkldnn.enabled = onednn
 
     def _pass(self, z: Tensor, with_value: bool, z_coeff: float) -> tuple[Tensor | None, Tensor]:
+        return self._bound_pass(with_value, z_coeff)(z)
+
+    def _bound_pass(self, with_value: bool, z_coeff: float) -> Callable[[Tensor], tuple[Tensor | None, Tensor]]:
+        """z -> (f(z) if ``with_value`` else None, grad f(z) + ``z_coeff`` z), the weights, kernels
+        and layer structure looked up now, once, instead of at every call."""
         act, act_backward = _KERNELS[self.activation]
         *hidden, (w_out, b_out) = self.layer_weights()
-        h, pre = z, []
-        for i, (weight, bias) in enumerate(hidden):
-            pre.append(F.linear(h, weight, bias))  # (N, H)
-            if with_value or i < len(hidden) - 1:
-                h = act(pre[-1])
-        f = F.linear(h, w_out, b_out).squeeze(-1) if with_value else None  # (N,)
         if not hidden:  # a linear energy: its gradient is its own row
-            return f, torch.add(w_out.expand_as(z), z, alpha=z_coeff)
-        g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
-        for (weight, _), a in zip(hidden[:0:-1], pre[:0:-1]):
-            g = torch.mm(act_backward(g, a), weight)  # (N, H_in)
-        return f, torch.addmm(z, act_backward(g, pre[0]), hidden[0][0], beta=z_coeff)
+            return lambda z: (F.linear(z, w_out, b_out).squeeze(-1) if with_value else None,
+                              torch.add(w_out.expand_as(z), z, alpha=z_coeff))
+        (w_in, b_in), inner = hidden[0], hidden[1:]
+        backward = [weight for weight, _ in inner[::-1]]
+
+        def pass_(z: Tensor) -> tuple[Tensor | None, Tensor]:
+            pre = [F.linear(z, w_in, b_in)]  # (N, H) pre-activations, layer by layer
+            for weight, bias in inner:
+                pre.append(F.linear(act(pre[-1]), weight, bias))
+            f = F.linear(act(pre[-1]), w_out, b_out).squeeze(-1) if with_value else None  # (N,)
+            g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
+            for weight, a in zip(backward, pre[:0:-1]):
+                g = torch.mm(act_backward(g, a), weight)  # (N, H_in)
+            return f, torch.addmm(z, act_backward(g, pre[0]), w_in, beta=z_coeff)
+
+        return pass_
 
     def score(self, z_coeff: float = 0.0) -> Callable[[Tensor], Tensor]:
         """:meth:`grad` as a function bound to the weights as they are now: what a chain calls.
@@ -150,23 +160,8 @@ class EnergyMLP(nn.Module):
         """
         if self._parametrized:
             return partial(self.grad, z_coeff=z_coeff)
-        act, act_backward = _KERNELS[self.activation]
-        *hidden, (w_out, _) = self.layer_weights()
-        if not hidden:  # a linear energy: its gradient is its own row
-            return lambda z: torch.add(w_out.expand_as(z), z, alpha=z_coeff)
-        (w_in, b_in), inner = hidden[0], hidden[1:]
-        backward = [weight for weight, _ in inner[::-1]]
-
-        def grad(z: Tensor) -> Tensor:
-            pre = [F.linear(z, w_in, b_in)]
-            for weight, bias in inner:
-                pre.append(F.linear(act(pre[-1]), weight, bias))
-            g = w_out.expand(z.size(0), -1)  # (N, H): df/dh_L
-            for weight, a in zip(backward, pre[:0:-1]):
-                g = torch.mm(act_backward(g, a), weight)
-            return torch.addmm(z, act_backward(g, pre[0]), w_in, beta=z_coeff)
-
-        return grad
+        pass_ = self._bound_pass(False, z_coeff)
+        return lambda z: pass_(z)[1]
 
     def layer_weights(self) -> list[tuple[Tensor, Tensor]]:
         """(weight, bias) of each linear layer, read straight from the parameter dicts unless
