@@ -22,6 +22,8 @@ from torch import Tensor
 LogDensity = Callable[[Tensor], Tensor]  # (N, D) -> (N,)
 ValueAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]  # (N, D) -> ((N,), (N, D))
 Score = Callable[[Tensor], Tensor]  # (N, D) -> (N, D): grad log pi alone
+# (z, noise, drift, noise_scale) -> z + drift * grad log pi(z) + noise_scale * noise, in one pass
+Move = Callable[[Tensor, Tensor, float, float], Tensor]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class LangevinKernel:
     returns the gradient alone, for the steps whose log-density nobody reads. ``environment``,
     optional, gives the context these functions want around them (``environment(z)``, e.g. a
     choice of kernels for z's size); :func:`run_chain` enters it once for the whole chain.
+    ``move_fn``, optional, makes a whole transition with the gradient folded into the update and
+    never materialised (one kernel fewer a step for an energy whose gradient ends in a matmul);
+    :func:`run_chain` then recovers the gradients for its diagnostics from the states, and reads
+    the log-density at the first and last state from ``log_prob``. Not used with ``clip_grad``,
+    which needs each gradient before the update.
     """
 
     log_prob: LogDensity
@@ -65,14 +72,15 @@ class LangevinKernel:
     grad_fn: ValueAndGrad | None = None
     score_fn: Score | None = None
     environment: Callable[[Tensor], AbstractContextManager] | None = None
+    move_fn: Move | None = None
 
     def context(self, z: Tensor) -> ExitStack:
         """Where the kernel's arithmetic runs for chains like ``z``: float32 without autocast,
-        without autograd for a closed-form gradient, inside the target's ``environment``.
+        without autograd for a closed-form gradient or move, inside the target's ``environment``.
         :func:`run_chain` enters it once per chain, not per step."""
         stack = ExitStack()
         stack.enter_context(torch.autocast(device_type=z.device.type, enabled=False))
-        if self.grad_fn is not None:
+        if self.grad_fn is not None or self.move_fn is not None:
             stack.enter_context(torch.no_grad())
         if self.environment is not None:
             stack.enter_context(self.environment(z))
@@ -130,31 +138,61 @@ def run_chain(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool
     ``anneal_noise`` decays the noise linearly to zero over the chain. ``noise`` ``(K, N, D)``
     fixes the noise stream (tests compare implementations on it); by default it is drawn from
     torch's global generator. Diagnostics: log pi at start and end, mean |z_K - z_0|, the mean
-    gradient norm, and the fraction of non-finite entries.
+    norm of the K gradients the chain moved along, and the fraction of non-finite entries.
     """
     with kernel.context(z0):
-        state = kernel._init(z0)  # already inside the kernel's context
-        start_lp = state.log_prob
-        states = [state.z] if keep_chain else None
-        grads = [state.grad]
+        z = z0.detach().float()
         if noise is None:  # one draw for the whole chain: a kernel launch, not K
-            noise = torch.randn(steps, *state.z.shape, device=state.z.device, dtype=state.z.dtype)
+            noise = torch.randn(steps, *z.shape, device=z.device, dtype=z.dtype)
         elif noise.size(0) < steps:
             raise ValueError(f"noise has {noise.size(0)} steps; the chain runs {steps}")
+        scales = [1.0 - t / steps if anneal_noise else 1.0 for t in range(steps)]
+        if kernel.move_fn is not None and kernel.clip_grad == 0:
+            return _run_moves(kernel, z, z0, noise[:steps], scales, keep_chain)
+        state = kernel._init(z)  # already inside the kernel's context
+        start_lp = state.log_prob
+        states = [state.z] if keep_chain else None
+        grads = []
         step, last = kernel._step, steps - 1
         for t, eps in enumerate(noise.unbind(0)[:steps]):
-            state = step(state, eps, 1.0 - t / steps if anneal_noise else 1.0, t == last)
             grads.append(state.grad)
+            state = step(state, eps, scales[t], t == last)
             if states is not None:
                 states.append(state.z)
-        stats = {
-            "start_log_prob": start_lp.mean(),
-            "end_log_prob": state.log_prob.mean(),
-            "displacement": (state.z - z0.float()).norm(dim=-1).mean(),
-            "grad_norm": torch.stack(grads).norm(dim=-1).mean(),
-            "nonfinite": (~torch.isfinite(state.z)).float().mean(),
-        }
-    return ChainResult(state.z.to(z0.dtype), stats, torch.stack(states) if states is not None else None)
+        return _result(z0, state.z, start_lp, state.log_prob, grads, states)
+
+
+def _run_moves(kernel: LangevinKernel, z: Tensor, z0: Tensor, noise: Tensor, scales: list[float],
+               keep_chain: bool) -> ChainResult:
+    """:func:`run_chain` through ``kernel.move_fn``: the states are kept (they give back the
+    gradients, (z_{t+1} - z_t - s_t eps_t) / drift) and the log-density is read only at both ends."""
+    s = kernel.step_size
+    drift, move = 0.5 * s * s, kernel.move_fn
+    start_lp = kernel.log_prob(z)
+    states = [z]
+    for eps, scale in zip(noise.unbind(0), scales):
+        z = move(z, eps, drift, s * scale)
+        states.append(z)
+    chain = torch.stack(states)  # (K + 1, N, D)
+    step_noise = noise * torch.tensor(scales, device=z.device, dtype=z.dtype).mul_(s).view(-1, 1, 1)
+    grads = (chain[1:] - chain[:-1] - step_noise).div_(drift)
+    return _result(z0, z, start_lp, kernel.log_prob(z), grads, chain if keep_chain else None)
+
+
+def _result(z0: Tensor, z: Tensor, start_lp: Tensor, end_lp: Tensor, grads: list[Tensor] | Tensor,
+            states: list[Tensor] | Tensor | None) -> ChainResult:
+    if isinstance(grads, list):
+        grads = torch.stack(grads) if grads else z.new_zeros(0, *z.shape)
+    stats = {
+        "start_log_prob": start_lp.mean(),
+        "end_log_prob": end_lp.mean(),
+        "displacement": (z - z0.float()).norm(dim=-1).mean(),
+        "grad_norm": grads.norm(dim=-1).mean() if grads.numel() else z.new_zeros(()),
+        "nonfinite": (~torch.isfinite(z)).float().mean(),
+    }
+    if isinstance(states, list):
+        states = torch.stack(states)
+    return ChainResult(z.to(z0.dtype), stats, states)
 
 
 class GraphedChain:

@@ -17,7 +17,7 @@ def test_prior_chain_fast_gradient_matches_autograd(plugins, activation):
     z0, noise = torch.randn(16, 4), torch.randn(60, 16, 4)
     naive = run_chain(LangevinKernel(prior.unnormalized, 0.4), z0, 60, noise=noise)
     kernel = prior.kernel()
-    assert kernel.grad_fn is not None and kernel.score_fn is not None  # the fast path is what runs
+    assert kernel.grad_fn is not None and kernel.move_fn is not None  # the fast path is what runs
     fast = run_chain(kernel, z0, 60, noise=noise)
     assert torch.allclose(naive.z, fast.z, atol=1e-5)
     for key in naive.stats:
@@ -66,6 +66,50 @@ def test_bound_score_follows_optimizer_updates(plugins, spectral_norm):
     (want,) = torch.autograd.grad(prior.unnormalized(zr).sum(), zr)
     torch.testing.assert_close(after, want)
     assert not torch.allclose(before, after)  # the update moved the gradient: the test can fail
+
+
+@pytest.mark.parametrize("activation", ["gelu", "leaky_relu"])
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("drift", [0.08, 1.0])  # 1 = sigma0^2: the Gaussian term cancels z exactly
+def test_fused_move_is_the_langevin_update(plugins, activation, depth, drift):
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(activation=activation, hidden=24, depth=depth), 5)
+    kernel = prior.kernel()
+    z, eps = torch.randn(11, 5), torch.randn(11, 5)
+    a, b = drift, 0.3
+    with torch.no_grad():
+        want = z + a * prior.unnormalized_grad(z) + b * eps
+        got = kernel.move_fn(z, eps, a, b)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kernel.log_prob(z), prior.unnormalized(z))
+    zr = z.clone().requires_grad_(True)  # the bound value differentiates into z only
+    kernel.log_prob(zr).sum().backward()
+    assert zr.grad is not None and all(p.grad is None for p in prior.parameters())
+
+
+@pytest.mark.parametrize("anneal", [False, True])
+@pytest.mark.parametrize("clip_grad", [0.0, 1.5])
+def test_chain_through_moves_matches_the_autograd_chain(plugins, anneal, clip_grad):
+    # move_fn drives the chain (clip_grad = 0) or is passed over (clipping needs each gradient);
+    # either way: the autograd chain's states and diagnostics, every state kept.
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(hidden=32, clip_grad=clip_grad), 4)
+    z0, noise = torch.randn(16, 4), torch.randn(25, 16, 4)
+    naive_kernel = LangevinKernel(prior.unnormalized, prior.cfg.step_size, clip_grad)
+    naive = run_chain(naive_kernel, z0, 25, anneal_noise=anneal, keep_chain=True, noise=noise)
+    fast = run_chain(prior.kernel(), z0, 25, anneal_noise=anneal, keep_chain=True, noise=noise)
+    torch.testing.assert_close(fast.chain, naive.chain, rtol=1e-5, atol=1e-5)
+    for key in naive.stats:
+        torch.testing.assert_close(fast.stats[key], naive.stats[key], rtol=1e-4, atol=1e-4)
+    assert fast.chain.shape == (26, 16, 4)
+
+
+def test_chain_of_no_steps_reports_its_start():
+    kernel = LangevinKernel(lambda z: -0.5 * z.square().sum(-1), 0.3)
+    z0 = torch.randn(3, 2)
+    result = run_chain(kernel, z0, 0)
+    assert torch.equal(result.z, z0) and result.stats["grad_norm"] == 0
+    torch.testing.assert_close(result.stats["start_log_prob"], result.stats["end_log_prob"])
 
 
 def test_chain_reads_log_density_only_where_it_is_reported():
