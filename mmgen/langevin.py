@@ -174,7 +174,12 @@ def _run_moves(kernel: LangevinKernel, z: Tensor, z0: Tensor, noise: Tensor, sca
         z = move(z, eps, drift, s * scale)
         states.append(z)
     chain = torch.stack(states)  # (K + 1, N, D)
-    step_noise = noise * torch.tensor(scales, device=z.device, dtype=z.dtype).mul_(s).view(-1, 1, 1)
+    step_noise = noise * s
+    if any(scale != 1.0 for scale in scales):
+        # annealed: the same 1 - t/K, made on the device (a copy from the host would break a
+        # CUDA graph capture of the chain)
+        steps = len(scales)
+        step_noise *= torch.arange(steps, 0, -1, device=z.device, dtype=z.dtype).div_(steps).view(-1, 1, 1)
     grads = (chain[1:] - chain[:-1] - step_noise).div_(drift)
     return _result(z0, z, start_lp, kernel.log_prob(z), grads, chain if keep_chain else None)
 
