@@ -112,6 +112,28 @@ def test_chain_of_no_steps_reports_its_start():
     torch.testing.assert_close(result.stats["start_log_prob"], result.stats["end_log_prob"])
 
 
+def test_spectral_norm_weights_are_computed_once_per_gradient(plugins):
+    # Each read of a spectral-normed weight runs a power iteration (and moves its vectors in
+    # training mode): a gradient reads each layer's weight once.
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(hidden=8, spectral_norm=True), 3).train()
+    reads = {"n": 0}
+
+    def counted(forward):
+        def wrapper(weight):
+            reads["n"] += 1
+            return forward(weight)
+        return wrapper
+
+    for lin in prior.energy._linears:
+        norm = lin.parametrizations.weight[0]
+        norm.forward = counted(norm.forward)
+    with torch.no_grad():
+        prior.energy.grad(torch.randn(4, 3))
+        prior.energy.value_and_grad(torch.randn(4, 3))
+    assert reads["n"] == 2 * len(prior.energy._linears)
+
+
 def test_chain_reads_log_density_only_where_it_is_reported():
     calls = {"value": 0, "score": 0}
 

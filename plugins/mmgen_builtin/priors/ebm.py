@@ -131,11 +131,12 @@ class EnergyMLP(nn.Module):
     def _bound_pass(self, with_value: bool, z_coeff: float) -> Callable[[Tensor], tuple[Tensor | None, Tensor]]:
         """z -> (f(z) if ``with_value`` else None, grad f(z) + ``z_coeff`` z), the weights, kernels
         and layer structure looked up now, once, instead of at every call."""
-        *hidden, (w_out, b_out) = self.layer_weights()
+        weights = self.layer_weights()  # once: with spectral norm each read runs a power iteration
+        *hidden, (w_out, b_out) = weights
         if not hidden:  # a linear energy: its gradient is its own row
             return lambda z: (F.linear(z, w_out, b_out).squeeze(-1) if with_value else None,
                               torch.add(w_out.expand_as(z), z, alpha=z_coeff))
-        body, w_in = self._bound_body(with_value), hidden[0][0]
+        body, w_in = self._bound_body(weights, with_value), hidden[0][0]
 
         def pass_(z: Tensor) -> tuple[Tensor | None, Tensor]:
             f, delta = body(z)
@@ -143,11 +144,13 @@ class EnergyMLP(nn.Module):
 
         return pass_
 
-    def _bound_body(self, with_value: bool) -> Callable[[Tensor], tuple[Tensor | None, Tensor]]:
-        """z -> (f(z) or None, df/da_1): everything of the pass but the last matmul, the
-        gradient with respect to the first layer's pre-activation (N, H)."""
+    def _bound_body(self, weights: list[tuple[Tensor, Tensor]],
+                    with_value: bool) -> Callable[[Tensor], tuple[Tensor | None, Tensor]]:
+        """z -> (f(z) or None, df/da_1) with these ``weights`` (:meth:`layer_weights`, at least one
+        hidden layer): everything of the pass but the last matmul, the gradient with respect to the
+        first layer's pre-activation (N, H)."""
         act, act_backward = _KERNELS[self.activation]
-        *hidden, (w_out, b_out) = self.layer_weights()
+        *hidden, (w_out, b_out) = weights
         (w_in, b_in), inner = hidden[0], hidden[1:]
         backward = [weight for weight, _ in inner[::-1]]
 
@@ -201,7 +204,8 @@ class EnergyMLP(nn.Module):
         per call (spectral norm)."""
         if self._parametrized or len(self._linears) < 2:
             return None
-        body, w_in = self._bound_body(False), self.layer_weights()[0][0]
+        weights = self.layer_weights()
+        body, w_in = self._bound_body(weights, False), weights[0][0]
 
         def move(z: Tensor, eps: Tensor, a: float, b: float) -> Tensor:
             delta = body(z)[1]
