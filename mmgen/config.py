@@ -270,33 +270,36 @@ def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, error
         return {"name": name}
     schema = OmegaConf.structured(component.config)
     OmegaConf.set_struct(schema, True)
-    before = len(errors)
     _merge_checked(schema, params, path, errors, set())
-    if len(errors) == before:
-        # Building the dataclass runs its __post_init__ checks ("field: must be > 0, got -1").
-        try:
-            OmegaConf.to_object(schema)
-        except (ValueError, TypeError) as exc:
-            errors.append(f"{path}.{exc}")
+    # Building the dataclass runs its __post_init__ checks ("field: must be > 0, got -1") on the
+    # values that merged (a key or type error left that field at its default), so range errors
+    # are reported together with the others.
+    try:
+        OmegaConf.to_object(schema)
+    except (ValueError, TypeError) as exc:
+        errors.append(f"{path}.{exc}")
     return {"name": name, **OmegaConf.to_container(schema)}  # type: ignore[dict-item]
 
 
 def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:
+    """Range checks of the top-level keys, skipping keys that already have an error (a key whose
+    value did not merge holds its default)."""
+    named = {e.split(":", 1)[0] for e in errors}
     for path, valid in CHOICES.items():
         value = _get_path(cfg, path)
-        if value not in valid:
+        if path not in named and value not in valid:
             errors.append(f"{path}: invalid value {value!r}; valid: {', '.join(valid)}")
     for path in POSITIVE:
         value = _get_path(cfg, path)
-        if isinstance(value, (int, float)) and value <= 0:
+        if path not in named and isinstance(value, (int, float)) and value <= 0:
             errors.append(f"{path}: must be > 0, got {value}")
     for path in NONNEGATIVE:
         value = _get_path(cfg, path)
-        if isinstance(value, (int, float)) and value < 0:
+        if path not in named and isinstance(value, (int, float)) and value < 0:
             errors.append(f"{path}: must be >= 0, got {value}")
-    if not 0 < (_get_path(cfg, "train.rollback_factor") or 0) < 1:
+    if "train.rollback_factor" not in named and not 0 < (_get_path(cfg, "train.rollback_factor") or 0) < 1:
         errors.append(f"train.rollback_factor: must be in (0, 1), got {_get_path(cfg, 'train.rollback_factor')}")
-    if len(_get_path(cfg, "train.betas") or []) != 2:
+    if "train.betas" not in named and len(_get_path(cfg, "train.betas") or []) != 2:
         errors.append("train.betas: must be a list of two floats")
 
 
@@ -315,12 +318,11 @@ def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
         parent, _, key = path.rpartition(".")
         target = _get_path(cfg, parent) if parent else cfg
         target[key] = _resolve_component(_get_path(raw, path), path, kind, registry, errors)
-    if not errors:
-        _check_ranges(cfg, errors)
-        if cfg["train"]["eval_every"]:
-            from mmgen.evaluation import check_metric_names
+    _check_ranges(cfg, errors)
+    if cfg["train"]["eval_every"]:
+        from mmgen.evaluation import check_metric_names
 
-            errors += [f"train.eval_metrics: {e}" for e in check_metric_names(registry, cfg["train"]["eval_metrics"])]
+        errors += [f"train.eval_metrics: {e}" for e in check_metric_names(registry, cfg["train"]["eval_metrics"])]
     if errors:
         raise ConfigError(errors)
     return cfg

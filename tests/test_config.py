@@ -44,7 +44,24 @@ def test_errors_are_all_reported_with_key_paths(plugins):
     assert "model.latent_dim: invalid value 'abc'" in text
     assert "model.prior.name: unknown prior 'nosuch'" in text and "laplace" in text
     assert "model.encoder.widht: unknown key" in text
-    assert len(errors) == 4  # range checks run once the structure is valid
+    # Range errors come in the same report as structural ones.
+    assert "train.batch_size: must be > 0, got -1" in text
+    assert "train.device: invalid value 'tpu'" in text
+    assert len(errors) == 6
+
+
+def test_range_errors_reported_beside_key_and_type_errors(plugins):
+    raw = compose(overrides=["model.prior.name=ebm", "model.prior.steps=-3", "model.prior.bogus=1",
+                             "model.latent_dim=-1", "train.lr=abc"])
+    with pytest.raises(ConfigError) as info:
+        resolve(raw, plugins.registry)
+    errors = info.value.errors
+    assert any(e.startswith("model.prior.bogus: unknown key") for e in errors)
+    assert "model.prior.steps: must be >= 0, got -3" in errors  # a component's own range check
+    assert "model.latent_dim: must be > 0, got -1" in errors
+    # A value that did not merge is reported once, for its type, not again for its range.
+    assert [e.split(":")[0] for e in errors].count("train.lr") == 1
+    assert len(errors) == 4
 
 
 def test_range_checks(plugins):
