@@ -34,9 +34,10 @@ def cross_rows(model: MultimodalModel, batch: Batch, given: list[int], refine: b
 
 
 @torch.no_grad()
-def refinement_rows(model: MultimodalModel, batch: Batch, given: list[int]) -> list[Tensor]:
-    """Inputs, then targets decoded from the amortized latent, then from the Langevin-refined one
-    (the same amortized sample before and after refinement)."""
+def refinement_rows(model: MultimodalModel, batch: Batch, given: list[int]) -> list[Tensor] | None:
+    """Inputs, then targets decoded from the amortized latent, then from the refined one (the same
+    amortized sample before and after refinement). ``None`` when the inference method returns the
+    amortized sample unchanged (amortized inference): there is nothing to compare."""
     mask = given_mask(model.num_modalities, given, len(batch), batch.mask.device)
     posterior, private = model.encode(batch.x, mask)
     z0 = posterior.sample(1)[0]
@@ -44,6 +45,8 @@ def refinement_rows(model: MultimodalModel, batch: Batch, given: list[int]) -> l
     if private is not None:
         w = torch.where(mask.unsqueeze(-1), private.loc, torch.zeros_like(private.loc))
     z1 = model.inference.refine(model, z0, batch, mask, w).z
+    if z1 is z0:
+        return None
     targets = [m for m in range(model.num_modalities) if m not in given]
     before, after = model.decode_all(z0, w), model.decode_all(z1, w)
     return [*(batch.x[m] for m in given), *(before[m] for m in targets), *(after[m] for m in targets)]
@@ -62,7 +65,9 @@ def chain_rows(model: MultimodalModel, chain: Tensor, every: int, w: Tensor | No
 
 def save_figures(model: MultimodalModel, test_set: MultimodalDataset, out: Path, device: torch.device | str,
                  n: int = 8, given: list[int] | None = None, chain: bool = False, every: int = 5) -> list[Path]:
-    """Write joint.png, cross.png, refinement.png (and chain-*.png) to ``out``; return the paths."""
+    """Write joint.png, cross.png, refinement.png (when the inference method refines) and, with
+    ``chain``, chain-prior.png (a prior with a sampling chain) and chain-posterior.png (an
+    inference method with a chain) to ``out``; return the paths."""
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     M = model.num_modalities
@@ -73,7 +78,9 @@ def save_figures(model: MultimodalModel, test_set: MultimodalDataset, out: Path,
     for src in sources:
         rows += cross_rows(model, batch, src)
     paths.append(save_grid(rows, out / "cross.png"))
-    paths.append(save_grid(refinement_rows(model, batch, sources[0]), out / "refinement.png"))
+    refinement = refinement_rows(model, batch, sources[0])
+    if refinement is not None:
+        paths.append(save_grid(refinement, out / "refinement.png"))
     if chain:
         prior_chain = model.prior.sample_chain(1, device)
         if prior_chain is not None:

@@ -17,7 +17,7 @@ def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mmgen train` (or a checkpoint file).")],
     n: Annotated[int, typer.Option("--n", "-n", help="Samples (columns) per grid.")] = 8,
     given: Annotated[Optional[str], typer.Option(help="Condition cross generation on these modalities, e.g. m0,m2 (default: each one in turn).")] = None,
-    chain: Annotated[bool, typer.Option("--chain", help="Also decode the states along a prior and a posterior Langevin chain.")] = False,
+    chain: Annotated[bool, typer.Option("--chain", help="Also decode the states along a prior Langevin chain (EBM prior) and a posterior one (Langevin inference).")] = False,
     every: Annotated[int, typer.Option(help="Decode every k-th state of a chain.")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/figures).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -26,7 +26,9 @@ def sample(
     """Write joint.png, cross.png, refinement.png and, with --chain, chain-prior.png / chain-posterior.png.
 
     Rows of cross.png: for each conditioning set, its inputs then every modality generated from
-    them. refinement.png: inputs, targets from the amortized latent, then after Langevin refinement.
+    them. refinement.png (runs with Langevin inference): inputs, targets from the amortized latent,
+    then after Langevin refinement. chain-prior.png needs an EBM prior, chain-posterior.png Langevin
+    inference.
     """
     from mmgen.generation import save_figures
     from mmgen.run import load_run
