@@ -217,6 +217,19 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_a_run_config_path_is_relative_to_the_bench_file(tmp_path, monkeypatch):
+    (tmp_path / "benches").mkdir()
+    (tmp_path / "benches" / "m.yaml").write_text("model: {latent_dim: 7}\n")
+    (tmp_path / "m.yaml").write_text("model: {latent_dim: 9}\n")  # same name in the working directory
+    bench = tmp_path / "benches" / "b.yaml"
+    bench.write_text("budget: {epochs: 1}\nruns: [{name: a, config: m.yaml}, {name: b, config: n.yaml}]\n")
+    (tmp_path / "n.yaml").write_text("model: {latent_dim: 5}\n")  # only in the working directory
+    monkeypatch.chdir(tmp_path)
+    runs = load_spec(bench).runs
+    assert Path(runs[0].config) == tmp_path / "benches" / "m.yaml"
+    assert Path(runs[1].config).resolve() == tmp_path / "n.yaml"
+
+
 def test_spec_errors_name_their_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(write(tmp_path, "seed: [0]\nruns: [{name: a, recipe: mvea, overrides: [train.epochs=3]}]\n"))
@@ -242,7 +255,7 @@ def test_spec_errors_name_their_key(tmp_path):
         make_plan(spec, tmp_path / "out", only=["b"])
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu-small", "paper-polymnist"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "bench").glob("*.yaml")))
 def test_every_bench_file_validates_in_a_dry_run(name, tmp_path):
     result = invoke("bench", REPO / "configs" / "bench" / f"{name}.yaml", "--dry-run", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output

@@ -241,8 +241,8 @@ def load_spec(path: str | Path) -> BenchSpec:
                 errors.append(f"{where}.recipe: {exc}")
         if entry.get("config") is not None:
             config = Path(str(entry["config"]))
-            if not config.is_absolute() and not config.is_file():
-                config = path.parent / config  # relative to the bench file
+            if not config.is_absolute() and (path.parent / config).is_file():
+                config = path.parent / config  # relative to the bench file's folder, else to the cwd
             if not config.is_file():
                 errors.append(f"{where}.config: file not found: {entry['config']}")
             spec.config = str(config)
