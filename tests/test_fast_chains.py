@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -171,9 +173,17 @@ def test_graphed_chain_falls_back_to_eager_where_it_cannot_capture(plugins):
     z0, noise = torch.randn(8, 4), torch.randn(30, 8, 4)
     graphed = GraphedChain()
     assert graphed.why_not(fast, z0, keep_chain=False) == "not on a CUDA device"
-    got = graphed(fast, z0, 30, noise=noise)
     want = run_chain(fast, z0, 30, noise=noise)
+    # Pretend the chain could be captured: the capture itself then fails on this CPU build, which
+    # must warn once, remember why, and give the eager chain's samples.
+    graphed.why_not = lambda *args: None
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        got = graphed(fast, z0, 30, noise=noise)
+    assert graphed.fallback_reason.startswith("CUDA graph capture failed")
     assert torch.equal(got.z, want.z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning: the failure is remembered
+        assert torch.equal(graphed(fast, z0, 30, noise=noise).z, want.z)
     assert prior.graphed is not None  # the EBM prior goes through it (eager here, on the CPU)
     assert comp.factory(comp.config(hidden=32, spectral_norm=True), 4).graphed is None
 
