@@ -99,8 +99,13 @@ class Posterior:
         return Strata(z.transpose(1, 2), ones.T, cover.transpose(0, 1))
 
     def sample(self, k: int = 1) -> Tensor:
-        """``k`` samples from the mixture, ``(K, B, D)``."""
-        return self.rsample_strata(k, stratified=False).z.squeeze(1)
+        """``k`` independent samples from the mixture, ``(K, B, D)``: each draws its own component
+        (importance sampling over q, as the NLL metric does, needs that; ``rsample_strata`` with
+        ``stratified=False`` draws all ``k`` from one component per row)."""
+        choice = torch.multinomial(self.weight, k, replacement=True)  # (B, K)
+        index = choice[..., None].expand(-1, -1, self.loc.size(-1))
+        loc, scale = self.loc.gather(1, index), self.scale.gather(1, index)  # (B, K, D)
+        return dist.rsample(self.family, loc, scale, 1)[0].transpose(0, 1)
 
     def mean(self) -> Tensor:
         """The mixture mean, ``(B, D)``."""
