@@ -308,12 +308,22 @@ class EvalContext:
              for m, x_m in enumerate(batch.x)]
         return Batch(x, given, torch.full_like(batch.label, -1))
 
+    @staticmethod
+    def observing(batch: Batch, subset: tuple[int, ...]) -> Batch | None:
+        """The rows of ``batch`` that observe every modality of ``subset`` (``batch`` itself when
+        all do, ``None`` when none do): what conditional generation from ``subset`` is scored on."""
+        ok = batch.mask[:, list(subset)].all(1)
+        if bool(ok.all()):
+            return batch
+        return batch.select(ok) if bool(ok.any()) else None
+
     def generate_targets(self, batch: Batch, subset: tuple[int, ...], targets: Sequence[int],
                          blanks: Sequence[Tensor] | None = None) -> dict[int, Tensor]:
         """Generate each target modality ``(B, *shape_t)`` from the modalities in ``subset``.
 
         The modalities outside ``subset`` and the labels are blanked before the model sees the
-        batch (:meth:`hide`): no component can peek at what it is asked to generate.
+        batch (:meth:`hide`): no component can peek at what it is asked to generate. Every row
+        must observe some modality of ``subset`` (:meth:`observing` selects such rows).
         """
         hidden = self.hide(batch, subset, blanks)
         given = hidden.mask
@@ -368,10 +378,20 @@ class EvalContext:
                         ok = batch.mask[:, list(s)].all(1)  # (B,)
                         valid[s].append(ok.cpu())
                         targets = [t for t in range(M) if t not in s]
-                        for t, x in self.generate_targets(batch, s, targets, blanks).items():
-                            p, f = classifiers.classify(t, x)
-                            preds[(s, t)].append(p.cpu())
-                            moments[(s, t)].update(f[ok])
+                        # Only rows that observe all of s are scored (and generated from: a row
+                        # that observes none of s has no posterior to sample).
+                        part = self.observing(batch, s)
+                        if part is None:
+                            for t in targets:
+                                preds[(s, t)].append(torch.full(ok.shape, -1, dtype=torch.long))
+                        else:
+                            part_blanks = blanks if part is batch else [b[ok] for b in blanks]
+                            for t, x in self.generate_targets(part, s, targets, part_blanks).items():
+                                p, f = classifiers.classify(t, x)
+                                if part is not batch:  # back to one prediction per row, -1 where unscored
+                                    p = torch.full(ok.shape, -1, dtype=p.dtype, device=p.device).masked_scatter(ok, p)
+                                preds[(s, t)].append(p.cpu())
+                                moments[(s, t)].update(f)
                         task.advance(len(batch))
             self.cache["cross"] = CrossPass(
                 torch.cat(labels), {k: torch.cat(v) for k, v in preds.items()},

@@ -260,7 +260,9 @@ class InceptionFID(Metric):
                 self._update(net, real[m], batch.x[m][batch.mask[:, m]])
                 if conditional:
                     others = tuple(i for i in range(M) if i != m)
-                    self._update(net, cond[m], ctx.generate_targets(batch, others, [m])[m])
+                    part = ctx.observing(batch, others)  # as FD: rows that observe every other modality
+                    if part is not None:
+                        self._update(net, cond[m], ctx.generate_targets(part, others, [m])[m])
             task.advance(len(images) * len(batch) * (2 if conditional else 1))
         joint = {m: Moments() for m in images}
         ctx.reseed(5)
