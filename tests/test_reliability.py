@@ -49,9 +49,21 @@ KILL_CFG = ["data.modalities=2", "data.train_size=160", "data.test_size=16", "mo
             "train.device=cpu", "train.epochs=2"]
 
 # Runs `mmgen train` in a child; with MMGEN_TEST_STALL_CKPT=N it stalls forever inside the N-th
-# write of latest.pt, after the temp file is written and before the rename, announcing it by a file.
+# write of latest.pt, after the temp file is written and before the rename, and with
+# MMGEN_TEST_STALL_STEP=N inside the N-th optimizer step; either announces the stall by a file.
 CHILD = r"""
 import os, sys, time
+stall_step = int(os.environ.get("MMGEN_TEST_STALL_STEP", "0"))
+if stall_step:
+    import torch
+    real_step, steps = torch.optim.Adam.step, {"n": 0}
+    def step(self, *args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == stall_step:
+            open(os.environ["MMGEN_TEST_MARKER"], "w").close()
+            time.sleep(600)
+        return real_step(self, *args, **kwargs)
+    torch.optim.Adam.step = step
 stall = int(os.environ.get("MMGEN_TEST_STALL_CKPT", "0"))
 if stall:
     real, seen = os.fsync, {"n": 0}
@@ -114,13 +126,15 @@ def reference_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference_run):
-    out = tmp_path / "run"
-    proc = start_child(["--out", str(out), *KILL_CFG])
-    wait_for(lambda: logged_steps(out) >= 13, proc)  # past the step-10 checkpoint, mid-epoch 0
+    out, marker = tmp_path / "run", tmp_path / "stalled"
+    # Stall in step 14: past the step-10 checkpoint, with steps 11-13 logged after it, mid-epoch 0.
+    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": "14", "MMGEN_TEST_MARKER": str(marker)})
+    wait_for(marker.exists, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert logged_steps(out) == 13
     ckpt = load_checkpoint(out / "checkpoints" / "latest.pt")
-    assert 10 <= ckpt["progress"]["step"] < 40
+    assert ckpt["progress"]["step"] == 10
     result = cli("train", "--resume", str(out))
     assert result.exit_code == 0, result.output
     assert_same_params(final_params(out), final_params(reference_run))
