@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -355,11 +356,20 @@ def _check_in_sync(accelerator, model: MultimodalModel) -> None:
     """With several processes, every replica must hold the same parameters at the end."""
     if accelerator.num_processes == 1:
         return
-    with torch.no_grad():
-        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
-    sums = accelerator.gather(checksum.to(accelerator.device))
+    sums = accelerator.gather(parameter_signature(model).to(accelerator.device))  # (processes, 2P)
     if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-6, atol=1e-6):
-        raise MMGenError(f"processes ended with different parameters (checksums {sums.tolist()})")
+        worst = int((sums - sums[0]).abs().amax(0).argmax()) // 2
+        name = [n for n, _ in model.named_parameters()][worst]
+        raise MMGenError(f"processes ended with different parameters (first at {name})")
+
+
+@torch.no_grad()
+def parameter_signature(model: nn.Module) -> Tensor:
+    """``(1, 2P)``: per parameter, its sum and its sum of squares weighted by position, so that
+    differences that cancel in a total, or weights that moved between places, still show."""
+    sig = [torch.stack([p.double().sum(), (p.double().flatten() ** 2 * torch.linspace(
+        1, 2, p.numel(), dtype=torch.float64, device=p.device)).sum()]) for p in model.parameters()]
+    return torch.cat(sig).unsqueeze(0)
 
 
 def _remove_stale_temporaries(ckpt_dir: Path) -> None:

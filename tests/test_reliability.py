@@ -358,3 +358,35 @@ def test_two_processes_stay_in_sync_and_only_rank0_writes(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert proc.stderr.count("done: run directory") == 1
+
+
+class TwoReplicas:
+    """An accelerator stand-in whose gather stacks this process's signature with a second replica's."""
+
+    num_processes, device = 2, torch.device("cpu")
+
+    def __init__(self, other: torch.nn.Module):
+        self.other = other
+
+    def gather(self, tensor):
+        from mmgen.train import parameter_signature
+
+        return torch.cat([tensor, parameter_signature(self.other)])
+
+
+def test_replica_comparison_sees_moved_weights_whose_sums_agree():
+    from mmgen.errors import MMGenError
+    from mmgen.train import _check_in_sync
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    same = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    same.load_state_dict(model.state_dict())
+    _check_in_sync(TwoReplicas(same), model)  # equal replicas pass
+    swapped = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    swapped.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        swapped[1].weight.copy_(swapped[1].weight.flip(1))  # same sum, same norm, other places
+    assert torch.isclose(swapped[1].weight.sum(), model[1].weight.sum())
+    with pytest.raises(MMGenError, match=r"different parameters \(first at 1\.weight\)"):
+        _check_in_sync(TwoReplicas(swapped), model)
