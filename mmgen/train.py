@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor, nn
 
 from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
 from mmgen.config import component_config, to_yaml
