@@ -190,6 +190,12 @@ class Prior(Stabilizable, nn.Module, abc.ABC):
         """``n`` samples, ``(n, D)``."""
         ...
 
+    def elbo_log_prob(self, z: Tensor) -> Tensor:
+        """The prior term of the encoder/decoder objective: :meth:`log_prob`, frozen when the prior
+        learns from its own loss. A prior may weight parts of it here (the EBM's ``energy_weight``)
+        without changing the density it samples from, refines with and is scored by."""
+        return self.log_prob(z, frozen=self.learns_from_samples)
+
     def log_prob_and_grad(self, z: Tensor) -> tuple[Tensor, Tensor] | None:
         """``(log_prob(z), grad_z log_prob(z))`` without autograd, or ``None`` when the prior has
         no closed form (Langevin then differentiates :meth:`log_prob`)."""

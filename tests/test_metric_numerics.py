@@ -221,25 +221,26 @@ def constant_energy(prior, c):
     return prior
 
 
-def test_ebm_log_normalizer_of_a_constant_energy_is_the_weighted_constant(plugins):
+def test_ebm_log_normalizer_of_a_constant_energy_is_the_constant(plugins):
     from mmgen_builtin.metrics.nll import log_normalizer
 
+    # energy_weight weights the ELBO's energy term only, not the prior's density.
     prior = constant_energy(ebm_prior(plugins, 3, depth=1, sigma0=1.5, energy_weight=2.0), 1.25)
     torch.manual_seed(0)
     log_z, normalized = log_normalizer(prior, 25_000, "cpu")  # three chunks of up to 10,000
     assert normalized is True
-    assert log_z == pytest.approx(2.5, abs=1e-9)  # Z = E[exp(2 * 1.25)]
+    assert log_z == pytest.approx(1.25, abs=1e-9)  # Z = E[exp(1.25)]
 
 
 def test_ebm_log_normalizer_of_a_linear_energy_matches_the_gaussian_mgf(plugins):
     from mmgen_builtin.metrics.nll import log_normalizer
 
     sigma0, weight = 2.0, 1.5
-    prior = ebm_prior(plugins, 3, depth=0, sigma0=sigma0, energy_weight=weight)  # f(z) = a . z + c
+    prior = ebm_prior(plugins, 3, depth=0, sigma0=sigma0)  # f(z) = weight * (a . z + c)
     a, c = torch.tensor([0.1, -0.2, 0.05]), 0.4
     with torch.no_grad():
-        prior.energy.net[-1].weight.copy_(a[None])
-        prior.energy.net[-1].bias.fill_(c)
+        prior.energy.net[-1].weight.copy_(weight * a[None])
+        prior.energy.net[-1].bias.fill_(weight * c)
     # z ~ N(0, sigma0^2 I): log E[exp(w (a . z + c))] = w c + w^2 |a|^2 sigma0^2 / 2.
     expected = weight * c + weight**2 * float(a.pow(2).sum()) * sigma0**2 / 2
     torch.manual_seed(0)

@@ -51,7 +51,7 @@ def log_normalizer(prior, samples: int, device) -> tuple[float, bool]:
         values = []
         for start in range(0, samples, 10_000):
             z0 = prior.cfg.sigma0 * torch.randn(min(10_000, samples - start), prior.dim, device=device)
-            values.append(prior.cfg.energy_weight * prior.f(z0, frozen=True).double())
+            values.append(prior.f(z0, frozen=True).double())
         v = torch.cat(values)
         return float(torch.logsumexp(v, 0) - math.log(v.numel())), True
     return 0.0, not prior.learns_from_samples

@@ -58,7 +58,7 @@ def sample_terms(model, x: list[Tensor], mask: Tensor, k: int, stratified: bool,
         if private is not None:
             q_private = PrivatePosterior(private.loc.detach(), private.scale.detach(), private.family)
     # An energy-based prior learns from its own loss; a fixed-family prior learns through the bound.
-    log_ratio = model.prior.log_prob(z, frozen=model.prior.learns_from_samples) - q.log_prob(z)
+    log_ratio = model.prior.elbo_log_prob(z) - q.log_prob(z)
     if private is not None:
         log_ratio = log_ratio + model.private_log_ratio(q_private, w, strata.cover)
     return Terms(rec, log_ratio, strata, posterior, private, w)

@@ -51,7 +51,7 @@ class EBMConfig:
     step_size: float = 0.4  # s0
     clip_grad: float = 0.0
     anneal_noise: bool = False
-    energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term")
+    energy_weight: float = 1.0  # weight of f(z) in the ELBO's prior term (the "energy term") only
     energy_l2: float = 0.0  # optional penalty on f(z+)^2 + f(z-)^2 against drifting energies
     fast_grad: bool = True  # hand-derived gradient of the MLP energy in Langevin (no autograd)
     cuda_graph: bool = True  # on CUDA, replay the fast prior chain as one captured graph
@@ -265,8 +265,12 @@ class EBMPrior(Prior):
         return -0.5 * z.pow(2).sum(-1) / s2 - 0.5 * z.size(-1) * math.log(2 * math.pi * s2)
 
     def log_prob(self, z: Tensor, frozen: bool = False) -> Tensor:
-        """log p_alpha(z) + log Z(alpha): the weighted energy plus the Gaussian reference."""
-        return self.cfg.energy_weight * self.f(z, frozen) + self.base_log_prob(z)
+        """log p_alpha(z) + log Z(alpha): the energy plus the Gaussian reference."""
+        return self.f(z, frozen) + self.base_log_prob(z)
+
+    def elbo_log_prob(self, z: Tensor) -> Tensor:
+        """The ELBO's prior term, its energy term weighted by ``energy_weight`` (frozen energy)."""
+        return self.cfg.energy_weight * self.f(z, frozen=True) + self.base_log_prob(z)
 
     def unnormalized(self, z: Tensor) -> Tensor:
         """The Langevin target f(z) - |z|^2 / (2 sigma0^2), with frozen parameters."""
@@ -287,8 +291,7 @@ class EBMPrior(Prior):
         if not self.fast:
             return None
         f, g = self.energy.value_and_grad(z)
-        w, s2 = self.cfg.energy_weight, self.cfg.sigma0**2
-        return w * f + self.base_log_prob(z), w * g - z / s2
+        return f + self.base_log_prob(z), g - z / self.cfg.sigma0**2
 
     def chain(self, n: int, device: torch.device | str = "cpu", keep_chain: bool = False,
               noise: Tensor | None = None) -> ChainResult:
