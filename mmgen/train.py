@@ -159,7 +159,22 @@ def _accelerator(tcfg: dict[str, Any]):
         raise MMGenError("train.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
     # Components may leave parameters unused in a step (a prior with a fixed scale, ...).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=device == "cpu", mixed_precision=tcfg["mixed_precision"], kwargs_handlers=[ddp])
+    make = lambda: Accelerator(cpu=device == "cpu", mixed_precision=tcfg["mixed_precision"], kwargs_handlers=[ddp])  # noqa: E731
+    try:
+        accelerator = make()
+    except ValueError as err:
+        # accelerate keeps one precision per process; a later train() in the same (single)
+        # process may ask for another, so start its state afresh.
+        from accelerate.state import AcceleratorState, PartialState
+
+        if "already been initialized" not in str(err) or PartialState().num_processes != 1:
+            raise
+        AcceleratorState._reset_state()
+        accelerator = make()
+    if tcfg["mixed_precision"] == "fp16" and accelerator.device.type == "cpu":
+        raise MMGenError("train.mixed_precision: fp16 needs a CUDA device (it would silently train in float32 here); "
+                         "use bf16 or no on the CPU")
+    return accelerator
 
 
 def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, resume: bool = False,
