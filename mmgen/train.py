@@ -131,7 +131,21 @@ class FiniteGuard:
 
 
 def default_run_dir(cfg: dict[str, Any]) -> Path:
-    return Path("runs") / f"{cfg['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """``runs/NAME-DATE-TIME``, with ``-2``, ``-3``, ... when runs start in the same second."""
+    base = Path("runs") / f"{cfg['name']}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """A new run must not write over an existing one (its checkpoints, its metrics)."""
+    for name in ("checkpoints/latest.pt", "checkpoints/final.pt", "metrics.jsonl"):
+        if (run_dir / name).exists():
+            raise MMGenError(f"--out {run_dir} already holds a run ({name}); continue it with "
+                             f"`mmgen train --resume {run_dir}`, or choose another --out")
 
 
 @torch.no_grad()
@@ -188,12 +202,19 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     torch.manual_seed(cfg["seed"])
 
     run_dir = Path(run_dir or cfg["out"] or default_run_dir(cfg))
+    if not resume:
+        check_fresh_run_dir(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     train_set, test_set = load_datasets(cfg, plugins)
     model = build_model(cfg, plugins.registry, train_set.modalities)
     optimizer = make_optimizer(model, tcfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
+    configured = [{k: g[k] for k in ("betas", "weight_decay")} for g in optimizer.param_groups]
     state = TrainState()
+
+    def set_lr_scale(scale: float) -> None:
+        for group, lr in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = lr * scale
 
     def restore(ckpt: dict[str, Any]) -> TrainState:
         try:
@@ -203,7 +224,13 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: "
                                   f"{str(exc).splitlines()[0]}") from None
         set_rng_state(ckpt["rng"])
-        return TrainState(**ckpt["progress"])
+        restored = TrainState(**ckpt["progress"])
+        # The optimizer's settings are the config's (a resume may change train.lr and the like),
+        # its learning rates scaled by the rollbacks taken; its moments are the checkpoint's.
+        for group, settings in zip(optimizer.param_groups, configured):
+            group.update(settings)
+        set_lr_scale(restored.lr_scale)
+        return restored
 
     if resume:
         check_components(ckpt := load_checkpoint(ckpt_dir / "latest.pt"), plugins, ckpt_dir / "latest.pt")
@@ -216,6 +243,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             _remove_stale_temporaries(ckpt_dir)
     elif is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:  # on resume too: config.yaml records the train.* settings that now run
         saved = dict(cfg, out=str(run_dir), plugin_versions=dict(plugins.versions))
         atomic_write_text(to_yaml(saved), run_dir / "config.yaml")
 
@@ -235,12 +263,6 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
                             progress=vars(state), extra={"components": component_plugins(cfg, plugins)})
 
-    def set_lr_scale(scale: float) -> None:
-        for group, lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr * scale
-
-    if state.lr_scale != 1.0:
-        set_lr_scale(state.lr_scale)
     if state.step == 0:
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
         with torch.no_grad():
@@ -284,6 +306,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         while state.step < total:
             batches = EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], state.epoch,
                                    rank=accelerator.process_index, world=accelerator.num_processes)
+            whole_epoch, steps_before = state.batch == 0, state.step
             try:
                 for host_batch in batches.iterate(state.batch):
                     batch = host_batch.to(device)
@@ -334,6 +357,9 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                 console.print(f"[yellow]rollback {rollbacks}/{tcfg['max_rollbacks']} to step {state.step}: {'; '.join(changes)}")
                 continue
             if state.batch >= len(batches):
+                if whole_epoch and state.step == steps_before:  # on_nonfinite=skip would go on forever
+                    raise DivergenceError(f"every batch of epoch {state.epoch} was non-finite and skipped; "
+                                          "lower train.lr or the Langevin step sizes, or check the data")
                 state.epoch, state.batch = state.epoch + 1, 0
                 if is_main and not tcfg["sample_every"]:
                     save_samples(core, test_set, run_dir / "samples" / f"epoch-{state.epoch:04d}.png", device)

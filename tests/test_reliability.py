@@ -176,6 +176,14 @@ def test_nan_policy_stop_names_step_component_and_statistic(tmp_path, tiny_overr
     assert "prior 'nan-ebm': prior/f_neg=nan" in msg and "Traceback" not in msg
 
 
+def test_nan_policy_skip_stops_when_a_whole_epoch_is_skipped(tmp_path, tiny_overrides):
+    result = cli("train", "--out", str(tmp_path / "r"), "--epochs", "3", *tiny_overrides, *NAN_CFG,
+                 f"model.prior.nan_at={list(range(1, 100))}", "train.on_nonfinite=skip")
+    assert result.exit_code == 2
+    msg = " ".join(result.output.split())
+    assert "every batch of epoch 0 was non-finite and skipped" in msg and "Traceback" not in msg
+
+
 def test_nan_policy_skip_continues_without_the_batch(tmp_path, tiny_overrides):
     out = tmp_path / "r"
     result = cli("train", "--out", str(out), "--max-steps", "6", *tiny_overrides, *NAN_CFG,

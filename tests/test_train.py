@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from typer.testing import CliRunner
@@ -62,6 +63,42 @@ def test_resume_refuses_model_changes(tmp_path, tiny_overrides):
     assert run("--max-steps", "2", "--out", str(out), *tiny_overrides).exit_code == 0
     result = run("--resume", str(out), "model.latent_dim=8")
     assert result.exit_code == 2 and "only train.* settings may change" in result.output
+
+
+def test_resume_applies_changed_train_settings(tmp_path, tiny_overrides):
+    out = tmp_path / "run"
+    assert run("--max-steps", "2", "--out", str(out), *tiny_overrides, "train.lr=0.001").exit_code == 0
+    result = run("--resume", str(out), "--max-steps", "4", "train.lr=0.0003", "train.betas=[0.8,0.99]")
+    assert result.exit_code == 0, result.output
+    groups = load_checkpoint(out / "checkpoints" / "final.pt")["optimizer"]["param_groups"]
+    assert groups[0]["lr"] == 0.0003 and tuple(groups[0]["betas"]) == (0.8, 0.99)  # not the checkpoint's 1e-3
+    assert "lr: 0.0003" in (out / "config.yaml").read_text()
+
+
+def test_a_new_run_never_writes_over_an_existing_one(tmp_path, tiny_overrides, monkeypatch):
+    out = tmp_path / "run"
+    assert run("--max-steps", "2", "--out", str(out), *tiny_overrides).exit_code == 0
+    before = (out / "checkpoints" / "final.pt").read_bytes()
+    result = run("--max-steps", "2", "--out", str(out), *tiny_overrides)
+    assert result.exit_code == 2
+    assert f"--out {out} already holds a run" in " ".join(result.output.split()) and "--resume" in result.output
+    assert (out / "checkpoints" / "final.pt").read_bytes() == before
+    # Default folders are named by the second: a second run in the same second gets its own.
+    import datetime
+
+    import mmgen.train
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 24, 10, 15, 0)
+
+    monkeypatch.setattr(mmgen.train, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    first = mmgen.train.default_run_dir({"name": "x"})
+    assert first == Path("runs/x-20261124-101500")
+    first.mkdir(parents=True)
+    assert mmgen.train.default_run_dir({"name": "x"}) == Path("runs/x-20261124-101500-2")
 
 
 def test_corrupt_checkpoint_is_one_line_error(tmp_path, tiny_overrides):
