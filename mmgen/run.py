@@ -58,6 +58,11 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
 
     path = find_checkpoint(run)
     ckpt = load_checkpoint(path)
+    bad = [k for k, v in ckpt["model"].items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                              "the run diverged before this checkpoint: use an earlier one, or retrain with "
+                              "train.on_nonfinite=rollback")
     cfg = ckpt["config"]
     plugins = create_plugin_manager([str(m) for m in cfg.get("plugins", [])])
     check_components(ckpt, plugins, path)

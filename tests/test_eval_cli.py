@@ -104,6 +104,24 @@ def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     result = invoke("evaluate", tiny_run, "--metrics", "fid", "--inception-weights", tmp_path / "missing.pt",
                     "--no-progress", "--no-figures")
     assert result.exit_code == 2 and "Inception weights file not found" in result.output
+    result = invoke("evaluate", tiny_run, "--classifiers", tmp_path / "typo.pt", "--no-progress", "--no-figures")
+    assert result.exit_code == 2 and "typo.pt: file not found" in " ".join(result.output.split())
+    assert not (tmp_path / "typo.pt").exists()  # nothing was trained into the mistyped path
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for command in (["evaluate", tiny_run, "--metrics", "joint_coherence", "--n", "4"], ["sample", tiny_run]):
+        result = invoke(*command, "--out", blocker / "out")
+        assert result.exit_code == 2 and "Not a directory" in result.output and "Traceback" not in result.output
+    poisoned = tmp_path / "poisoned.pt"
+    ckpt = torch.load(tiny_run / "checkpoints" / "final.pt", weights_only=False)
+    name = next(iter(ckpt["model"]))
+    ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
+    torch.save(ckpt, poisoned)
+    for command in ("sample", "evaluate"):
+        result = invoke(command, poisoned, "--out", tmp_path / "p")
+        assert result.exit_code == 2 and f"non-finite weights ({name})" in " ".join(result.output.split())
+    result = invoke("sample", tiny_run, "--device", "tpu")
+    assert result.exit_code == 2 and "--device: invalid value 'tpu'; valid: auto, cpu, cuda" in result.output
 
 
 def test_evaluate_on_another_dataset_with_same_modalities(tiny_run):

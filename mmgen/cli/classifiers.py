@@ -50,6 +50,7 @@ def train(
         classifiers = ensure_classifiers(train_set, test_set, path, dev)
         err_console.print(f"classifiers for this dataset already exist: {path} (use --force to retrain)")
     else:
+        path.parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
         classifiers = train_classifiers(train_set, test_set, ccfg, dev, err_console, progress)
         save_classifiers(classifiers, path)
         err_console.print(f"[green]saved:[/] {path}")

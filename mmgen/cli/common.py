@@ -40,6 +40,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise fail(f"config: {len(exc.errors)} errors (listed above)") from None
         except MMGenError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except OSError as exc:  # an unwritable --out, a path under a file, a full disk, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 

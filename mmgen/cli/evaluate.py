@@ -70,8 +70,12 @@ def evaluate(
     train_set, test_set = loaded.train_set, loaded.test_set
     fingerprint = dataset_fingerprint(train_set)
     out_dir = out or (loaded.run_dir / f"eval-{fingerprint}" if data else loaded.run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the evaluation
     judges = None
     if any(m.requires_classifiers for m in built):
+        if classifiers is not None and not classifiers.is_file():
+            raise MMGenError(f"--classifiers {classifiers}: file not found; make it with `mmgen classifiers train "
+                             f"--out {classifiers}`, or leave --classifiers out to use the cache")
         judges = ensure_classifiers(
             train_set, test_set, classifiers, dev, err_console, progress=progress,
             on_train=lambda p: err_console.print(f"training digit classifiers for dataset {fingerprint} "

@@ -21,7 +21,7 @@ def sample(
     every: Annotated[int, typer.Option(help="Decode every k-th state of a chain.")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/figures).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
 ) -> None:
     """Write joint.png, cross.png, refinement.png and, with --chain, chain-prior.png / chain-posterior.png.
 
@@ -30,9 +30,11 @@ def sample(
     then after Langevin refinement. chain-prior.png needs an EBM prior, chain-posterior.png Langevin
     inference.
     """
+    from mmgen.cli.classifiers import resolve_device
     from mmgen.generation import save_figures
     from mmgen.run import load_run
 
+    device = resolve_device(device)
     torch.manual_seed(seed)
     loaded = load_run(run_dir, device)
     names = [m.name for m in loaded.model.modalities]
