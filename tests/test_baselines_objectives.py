@@ -9,7 +9,7 @@ from torch import nn
 from mmgen.config import component_config
 from mmgen.data import Batch, ModalitySpec
 from mmgen.model import MultimodalModel
-from tests.helpers import float_batch, tiny_model
+from tests.helpers import LinearEncoder, float_batch, tiny_model
 
 
 def loss_with_seed(model, batch, seed=0):
@@ -56,15 +56,6 @@ def test_dreg_reports_the_iwae_value(plugins, tiny_overrides):
 
 
 # -- DReG is unbiased for the IWAE gradient -----------------------------------------------------------
-class LinearEncoder(nn.Module):
-    def __init__(self, n: int, d: int):
-        super().__init__()
-        self.loc, self.raw = nn.Linear(n, d), nn.Linear(n, d)
-
-    def forward(self, x):
-        return self.loc(x), self.raw(x)
-
-
 def linear_gaussian_model(plugins, objective: str, k: int) -> MultimodalModel:
     """Two 3-d modalities, linear encoders/decoders, a PoE posterior (one Gaussian component, where
     DReG is exactly unbiased), Gaussian prior and likelihood."""

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from mmgen.config import component_config
 from mmgen.data import Batch, ModalitySpec
 from mmgen.langevin import LangevinKernel, run_chain
 from mmgen.model import MultimodalModel
 
-from .helpers import float_batch, tiny_model
+from .helpers import build, float_batch, tiny_model
 
 # Two 3-d modalities decoded linearly from a 2-d latent: x_m = W_m z + N(0, SIGMA^2 I).
 W = [torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, -1.0]]),
@@ -20,11 +19,6 @@ W = [torch.tensor([[1.0, 0.5], [0.0, 1.0], [1.0, -1.0]]),
 X = [torch.tensor([1.0, -0.5, 2.0]), torch.tensor([0.5, 1.0, -1.5])]
 SIGMA = 0.8
 STEP = 0.2  # Langevin noise scale s
-
-
-def build(plugins, kind, *args, **section):
-    reg = plugins.registry
-    return reg.get(kind, section["name"]).factory(component_config(reg, kind, section), *args)
 
 
 def linear_decoder(weight: torch.Tensor) -> nn.Linear:

@@ -20,36 +20,20 @@ from torch.distributions import MultivariateNormal
 from torch.nn import functional as F
 
 from mmgen.classifiers import ClassifierSet
-from mmgen.config import component_config
 from mmgen.data import ModalitySpec, MultimodalDataset
 from mmgen.evaluation import build_metrics, evaluate
 from mmgen.latent import Posterior
 from mmgen.model import MultimodalModel
 
+from .helpers import LinearEncoder, build
+
 N_DIM, LATENT, SIGMA = 3, 2, 0.5  # each modality's size, the shared latent's, the likelihood scale
 ETA = 1e-6  # scale_from_raw adds it to every scale
-
-
-def build(plugins, kind, *args, **section):
-    """A registered component from its config section."""
-    reg = plugins.registry
-    return reg.get(kind, section["name"]).factory(component_config(reg, kind, section), *args)
 
 
 # ----------------------------------------------------------------------------------------------
 # NLL on a linear-Gaussian model: z ~ N(0, I), w_m ~ N(0, I), x_m = W_m z + V_m w_m + b_m + N(0, SIGMA^2 I).
 # ----------------------------------------------------------------------------------------------
-class LinearEncoder(nn.Module):
-    """(loc, raw scale), each affine in x."""
-
-    def __init__(self, n: int, d: int):
-        super().__init__()
-        self.loc, self.raw = nn.Linear(n, d), nn.Linear(n, d)
-
-    def forward(self, x):
-        return self.loc(x), self.raw(x)
-
-
 def linear_gaussian(plugins, private_dim=0, prior=None, inflate=1.0, shift=0.0, aggregator="poe",
                     lengths=((1.5, 0.8, 1.2), (1.5, 0.8, 1.2))):
     """(model, loadings): the model and each modality's ``(A_m = [W_m | V_m], b_m)`` in float64.

@@ -16,31 +16,16 @@ import torch
 from torch import nn
 from torch.distributions import Laplace, Normal
 
-from mmgen.config import component_config
 from mmgen.data import Batch, ModalitySpec
 from mmgen.latent import Posterior
 from mmgen.model import MultimodalModel
 from mmgen_builtin.objectives.elbo import sample_terms
 
+from .helpers import LinearEncoder, build
+
 FAMILY = {"gaussian": Normal, "laplace": Laplace}
 SIGMA = 0.8  # likelihood scale
 N = 3  # size of each modality
-
-
-class LinearEncoder(nn.Module):
-    """loc = A x + a, raw = C x + c; ``scale_param="exp"`` reads raw as a log-variance."""
-
-    def __init__(self, n: int, d: int):
-        super().__init__()
-        self.loc, self.raw = nn.Linear(n, d), nn.Linear(n, d)
-
-    def forward(self, x):
-        return self.loc(x), self.raw(x)
-
-
-def build(plugins, kind, *args, **section):
-    reg = plugins.registry
-    return reg.get(kind, section["name"]).factory(component_config(reg, kind, section), *args)
 
 
 def linear_model(plugins, aggregator: str, objective: dict, family: str = "gaussian", prior: dict | None = None,
