@@ -10,6 +10,7 @@ earlier source's keys for the old component are dropped instead of leaking into 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +107,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.likelihood.family": ("gaussian", "laplace"),
     "model.scale_param": ("softplus", "exp", "softmax"),
 }
-POSITIVE = ("model.latent_dim", "train.batch_size", "train.log_every", "train.checkpoint_every",
+POSITIVE = ("model.latent_dim", "train.epochs", "train.batch_size", "train.log_every", "train.checkpoint_every",
             "model.likelihood.scale", "train.lr", "train.eval_n")
-NONNEGATIVE = ("model.private_dim", "train.epochs", "train.max_steps", "train.sample_every",
+NONNEGATIVE = ("model.private_dim", "train.max_steps", "train.sample_every",
                "train.grad_clip", "train.weight_decay", "train.max_rollbacks", "train.eval_every",
                "train.eval_n_test")
+#: Appended to a range error where the valid range alone would not explain it.
+RANGE_HINTS = {"train.epochs": " (train.max_steps only stops a run earlier; it cannot replace the epochs)"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +231,11 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
             continue
         if isinstance(schema[key], float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # `scale=1` means 1.0; OmegaConf warns about the implicit cast
+        elif isinstance(schema[key], float) and isinstance(value, str):
+            try:  # `lr=nan` or `lr=inf` from an override arrive as text: convert without OmegaConf's warning
+                value = float(value)
+            except ValueError:
+                pass  # not a number: OmegaConf's error below names the expected type
         try:
             schema[key] = value
         except OmegaConfBaseException as exc:
@@ -236,20 +244,43 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
             errors.append(f"{key_path}: invalid value {value!r} (expected {expected}): {msg}")
 
 
+def range_error(name: str, value: Any, positive: bool) -> str | None:
+    """``"name: must be > 0, got -1"`` (``>= 0`` unless ``positive``), or None when ``value`` is in
+    range. NaN and infinities are out of range (a plain ``value <= 0`` would let NaN through)."""
+    if not math.isfinite(value):
+        return f"{name}: must be a finite number {'>' if positive else '>='} 0, got {value}"
+    if not (value > 0 if positive else value >= 0):
+        return f"{name}: must be {'>' if positive else '>='} 0, got {value}"
+    return None
+
+
 def check_positive(cfg: Any, *names: str) -> None:
-    """For a component config's ``__post_init__``: each named field must be > 0."""
+    """For a component config's ``__post_init__``: each named field must be finite and > 0."""
     for name in names:
-        value = getattr(cfg, name)
-        if value <= 0:
-            raise ValueError(f"{name}: must be > 0, got {value}")
+        if error := range_error(name, getattr(cfg, name), positive=True):
+            raise ValueError(error)
 
 
 def check_nonnegative(cfg: Any, *names: str) -> None:
-    """For a component config's ``__post_init__``: each named field must be >= 0."""
+    """For a component config's ``__post_init__``: each named field must be finite and >= 0."""
+    for name in names:
+        if error := range_error(name, getattr(cfg, name), positive=False):
+            raise ValueError(error)
+
+
+def check_finite(cfg: Any, *names: str) -> None:
+    """For a component config's ``__post_init__``: each named field must be a finite number."""
     for name in names:
         value = getattr(cfg, name)
-        if value < 0:
-            raise ValueError(f"{name}: must be >= 0, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: must be a finite number, got {value}")
+
+
+def check_betas(cfg: Any, name: str = "betas") -> None:
+    """For a component config's ``__post_init__``: Adam's two decay rates, each in [0, 1)."""
+    betas = list(getattr(cfg, name))
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):  # NaN fails 0 <= b
+        raise ValueError(f"{name}: must be two numbers in [0, 1), got {betas}")
 
 
 def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, errors: list[str]) -> dict[str, Any]:
@@ -291,16 +322,20 @@ def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:
             errors.append(f"{path}: invalid value {value!r}; valid: {', '.join(valid)}")
     for path in POSITIVE:
         value = _get_path(cfg, path)
-        if path not in named and isinstance(value, (int, float)) and value <= 0:
-            errors.append(f"{path}: must be > 0, got {value}")
+        if path not in named and isinstance(value, (int, float)) and (error := range_error(path, value, True)):
+            errors.append(error + RANGE_HINTS.get(path, ""))
     for path in NONNEGATIVE:
         value = _get_path(cfg, path)
-        if path not in named and isinstance(value, (int, float)) and value < 0:
-            errors.append(f"{path}: must be >= 0, got {value}")
+        if path not in named and isinstance(value, (int, float)) and (error := range_error(path, value, False)):
+            errors.append(error)
     if "train.rollback_factor" not in named and not 0 < (_get_path(cfg, "train.rollback_factor") or 0) < 1:
         errors.append(f"train.rollback_factor: must be in (0, 1), got {_get_path(cfg, 'train.rollback_factor')}")
-    if "train.betas" not in named and len(_get_path(cfg, "train.betas") or []) != 2:
-        errors.append("train.betas: must be a list of two floats")
+    if "train.betas" not in named:
+        betas = _get_path(cfg, "train.betas") or []
+        if len(betas) != 2:
+            errors.append("train.betas: must be a list of two floats")
+        elif not all(0 <= b < 1 for b in betas):  # Adam's decay rates; NaN fails 0 <= b
+            errors.append(f"train.betas: each must be in [0, 1), got {betas}")
 
 
 def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:

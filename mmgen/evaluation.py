@@ -58,11 +58,15 @@ class Metric(abc.ABC):
 
     ``__call__(ctx)`` returns a dict of JSON-able values: floats (one number each), lists (a
     number per modality, an M x M matrix, ...), bools or short strings. ``requires_classifiers``
-    tells the driver whether the digit classifiers must be found or trained first.
+    tells the driver whether the digit classifiers must be found or trained first; ``outputs``,
+    optional, names the keys the dict may hold.
     """
 
     name: str = "metric"
     requires_classifiers: bool = True
+    #: The keys ``__call__`` may return, so that a bench file's table columns and curves are
+    #: checked before anything runs; empty (not declared): any key is accepted.
+    outputs: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
@@ -435,6 +439,11 @@ def check_metric_names(registry: Registry, names: Sequence[str]) -> list[str]:
             for n in names if n not in available]
 
 
+def metric_outputs(registry: Registry, name: str) -> tuple[str, ...]:
+    """The keys metric ``name`` declares it reports (:attr:`Metric.outputs`; empty: not declared)."""
+    return tuple(getattr(registry.get("metric", name).factory, "outputs", ()) or ())
+
+
 def metric_config(registry: Registry, name: str, params: dict[str, Any]) -> Any:
     """Instantiate metric ``name``'s config dataclass from ``params``; unknown keys are errors."""
     component = registry.get("metric", name)
@@ -451,6 +460,8 @@ def metric_config(registry: Registry, name: str, params: dict[str, Any]) -> Any:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(component.config), params))
     except OmegaConfBaseException as exc:
         raise MMGenError(f"metric '{name}': invalid option ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # the config's own range checks ("k: must be > 0, got 0")
+        raise MMGenError(f"{name}.{exc}") from None
 
 
 def build_metrics(registry: Registry, names: Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> list[Metric]:

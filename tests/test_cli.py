@@ -71,3 +71,16 @@ def test_missing_dataset_path_exits_2(app, tmp_path):
 def test_resume_rejects_missing_run(app, tmp_path):
     result = invoke(app, "train", "--resume", str(tmp_path))
     assert result.exit_code == 2 and "checkpoint not found" in result.output
+
+
+def test_validate_and_config_show_reject_nan_lr_and_betas_in_one_line(app, tmp_path):
+    bad = tmp_path / "nan.yaml"
+    bad.write_text("train: {lr: .nan, betas: [0.9, 1.5], epochs: 0}\n")
+    result = invoke(app, "validate", str(bad))  # was "ok", then a traceback from Adam in train
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "train.lr: must be a finite number > 0, got nan" in result.output
+    assert "train.betas: each must be in [0, 1), got [0.9, 1.5]" in result.output
+    assert "train.epochs: must be > 0, got 0" in result.output
+    result = invoke(app, "config", "show", "--recipe", "mopoe", "train.lr=nan")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: config: train.lr: must be a finite number > 0, got nan"]

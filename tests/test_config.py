@@ -1,5 +1,7 @@
 """Config composition: merge order, component sections, and errors that name the key path."""
 
+import math
+
 import pytest
 
 from mmgen.config import compose, merge_sources, resolve
@@ -91,3 +93,89 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(MMGenError, match="not of the form key.path=value"):
         compose(overrides=["model.latent_dim"])
+
+
+def errors_of(plugins, *overrides):
+    """The config errors of ``overrides`` (empty when they resolve); any warning fails the test,
+    since a warning printed before the error line breaks the one-line error."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            resolve(compose(overrides=list(overrides)), plugins.registry)
+        except ConfigError as exc:
+            return exc.errors
+    return []
+
+
+@pytest.mark.parametrize("override, error", [
+    ("train.lr=nan", "train.lr: must be a finite number > 0, got nan"),  # `nan <= 0` is False
+    ("train.lr=inf", "train.lr: must be a finite number > 0, got inf"),
+    ("train.lr=.nan", "train.lr: must be a finite number > 0, got nan"),  # YAML's own NaN
+    ("train.grad_clip=.inf", "train.grad_clip: must be a finite number >= 0, got inf"),
+    ("train.weight_decay=nan", "train.weight_decay: must be a finite number >= 0, got nan"),
+    ("model.likelihood.scale=nan", "model.likelihood.scale: must be a finite number > 0, got nan"),
+    ("train.betas=[0.9,1.5]", "train.betas: each must be in [0, 1), got [0.9, 1.5]"),
+    ("train.betas=[.nan,0.5]", "train.betas: each must be in [0, 1), got [nan, 0.5]"),
+    ("train.betas=[-0.1,0.5]", "train.betas: each must be in [0, 1), got [-0.1, 0.5]"),
+])
+def test_nan_inf_and_betas_are_rejected_at_validation(plugins, override, error):
+    assert errors_of(plugins, override) == [error]
+
+
+def test_component_range_checks_are_nan_safe(plugins):
+    ebm = "model.prior.name=ebm"
+    assert errors_of(plugins, ebm, "model.prior.step_size=nan") == [
+        "model.prior.step_size: must be a finite number > 0, got nan"]
+    assert errors_of(plugins, ebm, "model.prior.lr=inf") == ["model.prior.lr: must be a finite number > 0, got inf"]
+    assert errors_of(plugins, ebm, "model.prior.energy_weight=nan") == [
+        "model.prior.energy_weight: must be a finite number, got nan"]
+    assert errors_of(plugins, ebm, "model.prior.betas=[1.0,0.5]") == [
+        "model.prior.betas: must be two numbers in [0, 1), got [1.0, 0.5]"]
+    # sigma0^2 and 1/sigma0^2 must fit in float32 (beyond it torch raised an overflow traceback)
+    assert errors_of(plugins, ebm, "model.prior.sigma0=1e-25")[0].startswith("model.prior.sigma0: must be in [1e-19, 1e+19]")
+    assert errors_of(plugins, ebm, "model.prior.sigma0=1e200")[0].startswith("model.prior.sigma0: must be in [1e-19, 1e+19]")
+    assert errors_of(plugins, "model.inference.name=langevin", "model.inference.step_size=nan") == [
+        "model.inference.step_size: must be a finite number > 0, got nan"]
+    assert errors_of(plugins, "model.prior.name=gaussian", "model.prior.scale=inf") == [
+        "model.prior.scale: must be a finite number > 0, got inf"]
+
+
+def test_check_helpers_reject_nan_and_infinity():
+    from types import SimpleNamespace
+
+    from mmgen.config import check_betas, check_finite, check_nonnegative, check_positive
+
+    for check, value in [(check_positive, math.nan), (check_positive, math.inf), (check_positive, 0),
+                         (check_nonnegative, math.nan), (check_nonnegative, -math.inf), (check_nonnegative, -1),
+                         (check_finite, math.nan), (check_finite, -math.inf)]:
+        with pytest.raises(ValueError, match="^x: must be"):
+            check(SimpleNamespace(x=value), "x")
+    check_positive(SimpleNamespace(x=1e-9), "x")
+    check_nonnegative(SimpleNamespace(x=0), "x")
+    with pytest.raises(ValueError, match=r"betas: must be two numbers in \[0, 1\)"):
+        check_betas(SimpleNamespace(betas=[0.5, math.nan]))
+
+
+def test_zero_epochs_is_rejected_even_with_max_steps(plugins):
+    # Training stops at min(epochs x batches, max_steps): with 0 epochs it would take no step,
+    # write a step-0 final.pt and report `done`.
+    for overrides in (["train.epochs=0"], ["train.epochs=0", "train.max_steps=5"]):
+        (error,) = errors_of(plugins, *overrides)
+        assert error.startswith("train.epochs: must be > 0, got 0") and "max_steps" in error
+    assert errors_of(plugins, "train.epochs=1", "train.max_steps=5") == []
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["model.objective.k=0"], "model.objective.k: must be > 0, got 0"),
+    (["model.objective.beta=-1"], "model.objective.beta: must be >= 0, got -1.0"),
+    (["model.objective.beta=nan"], "model.objective.beta: must be a finite number >= 0, got nan"),
+    (["model.objective.name=iwae", "model.objective.k=0"], "model.objective.k: must be > 0, got 0"),
+    (["model.objective.name=dreg", "model.objective.beta=-0.5"], "model.objective.beta: must be >= 0, got -0.5"),
+    (["model.objective.name=mvae", "model.objective.random_subsets=-1"],
+     "model.objective.random_subsets: must be >= 0, got -1"),
+])
+def test_objective_options_are_range_checked(plugins, overrides, error):
+    assert errors_of(plugins, *overrides) == [error]
+    assert errors_of(plugins, "model.objective.beta=0") == []  # no KL weight: a plain autoencoder bound

@@ -174,3 +174,26 @@ def test_evaluate_during_training_leaves_rng_and_mode(plugins, tiny_overrides, t
     assert record["step"] == 8 and "joint_coherence/coherence" in record
     line = json.loads((tmp_path / "eval.jsonl").read_text().splitlines()[0])
     assert line["cross_coherence/mean_1to1"] == record["cross_coherence/mean_1to1"]
+
+
+def test_metric_option_out_of_range_is_one_line_and_outputs_are_declared(tiny_run, tmp_path):
+    for option in ("nll.k=0", "nll.k=-1"):  # was exit 1 with a torch.cat() traceback
+        result = invoke("evaluate", tiny_run, "--metrics", "nll", option, "--no-progress", "--no-figures")
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.output.strip().splitlines() == [f"error: nll.k: must be > 0, got {option.split('=')[1]}"]
+    result = invoke("evaluate", tiny_run, "--metrics", "probe,nll", "--n", "8", "--json", "--no-figures",
+                    "--no-progress", "--out", tmp_path, "nll.k=2", "nll.max_test=8", "probe.max_train=32")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    from mmgen.plugins import create_plugin_manager
+
+    registry = create_plugin_manager().registry
+    for name in ("probe", "nll"):  # bench columns are checked against these declarations
+        assert set(report["metrics"][name]) <= set(registry.get("metric", name).factory.outputs), name
+
+
+@pytest.mark.parametrize("lr", ["-1", "0", "nan", "inf"])
+def test_classifiers_train_rejects_a_bad_lr_before_loading_data(lr):
+    result = invoke("classifiers", "train", "--data", "polymnist:/nonexistent", "--lr", lr, "--no-progress")
+    assert result.exit_code == 2 and "Traceback" not in result.output  # -1 and nan were Adam's tracebacks
+    assert result.output.strip().splitlines() == [f"error: --lr: must be a finite number > 0, got {float(lr)}"]

@@ -297,3 +297,41 @@ def test_probe_logistic_regression_matches_scikit_learn():
     theirs = torch.from_numpy(ref.predict(x.numpy()))
     assert (ours == theirs).float().mean() >= 0.99
     assert 0.6 < (ours == y).float().mean() < 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Metric options: range-checked when the metrics are built (before any evaluation runs)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, option, error", [
+    ("nll", "k=0", "nll.k: must be > 0, got 0"),  # was torch.cat() of an empty list, after loading the run
+    ("nll", "k=-1", "nll.k: must be > 0, got -1"),
+    ("nll", "max_test=-1", "nll.max_test: must be >= 0, got -1"),
+    ("nll", "log_z_samples=0", "nll.log_z_samples: must be > 0, got 0"),
+    ("probe", "max_train=-5", "probe.max_train: must be >= 0, got -5"),  # was a negative slice, silently
+    ("probe", "c=nan", "probe.c: must be a finite number > 0, got nan"),
+    ("probe", "max_iter=0", "probe.max_iter: must be > 0, got 0"),
+    ("fid", "max_samples=0", "fid.max_samples: must be > 0, got 0"),
+    ("fid", "batch_size=-2", "fid.batch_size: must be > 0, got -2"),
+])
+def test_metric_option_ranges_are_one_line_errors(name, option, error):
+    from mmgen.config import parse_overrides
+    from mmgen.errors import MMGenError
+
+    with pytest.raises(MMGenError) as info:
+        build_metrics(_registry(), [name], parse_overrides([f"{name}.{option}"]))
+    assert str(info.value) == error
+    build_metrics(_registry(), ["nll", "probe"], {"nll": {"max_test": 0}, "probe": {"max_train": 0}})  # 0 = all
+
+
+def test_declared_outputs_cover_what_the_metrics_report():
+    # A bench file's columns are checked against Metric.outputs before anything runs; a key a
+    # metric reports but does not declare would be refused there.
+    data = dataset(BALANCED[:40], 3)
+    reg = _registry()
+    names = ["cross_coherence", "joint_coherence", "fd"]
+    out = evaluate(HandMadeModel(3, "shuffle"), data, data, build_metrics(reg, names), classifiers=reader_set(3),
+                   n=20, progress=False).metrics
+    for name in names:
+        declared = reg.get("metric", name).factory.outputs
+        assert declared and set(out[name]) <= set(declared), name
+    assert set(out["fd"]) == set(reg.get("metric", "fd").factory.outputs)  # conditional FD on

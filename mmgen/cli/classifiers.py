@@ -6,6 +6,7 @@ command trains them ahead of time (or again, with ``--force``) and reports their
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,6 +42,8 @@ def train(
     bad = [x for x in overrides or [] if not x.startswith("data.")]
     if bad:
         raise MMGenError(f"only data.* options apply to classifiers, got '{bad[0]}'")
+    if not (math.isfinite(lr) and lr > 0):  # before any data loads; Adam's own check is a traceback
+        raise MMGenError(f"--lr: must be a finite number > 0, got {lr}")
     cfg, plugins = resolved_config(None, None, o.shortcuts(data=data or "default"), overrides)
     train_set, test_set = load_datasets(cfg, plugins)
     path = out or default_path(train_set)

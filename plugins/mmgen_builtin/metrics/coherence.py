@@ -23,6 +23,8 @@ class CrossCoherence(Metric):
     """
 
     name = "cross_coherence"
+    outputs = ("mean_1to1", "mean_1to1_balanced", "mean_by_size", "mean_by_size_balanced", "matrix_1to1",
+               "matrix_1to1_balanced", "pairs", "n_test")
 
     def __init__(self, cfg: None = None):
         self.cfg = cfg
@@ -66,6 +68,7 @@ class JointCoherence(Metric):
     """
 
     name = "joint_coherence"
+    outputs = ("coherence", "n", "agreed_class_counts")
 
     def __init__(self, cfg: None = None):
         self.cfg = cfg

@@ -30,6 +30,8 @@ class FrechetDistance(Metric):
     """
 
     name = "fd"
+    outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "conditional_by_size",
+               "n_generated", "n_real")
 
     def __init__(self, cfg: FDConfig | None = None):
         self.cfg = cfg or FDConfig()

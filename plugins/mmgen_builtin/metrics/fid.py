@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mmgen.checkpoint import safe_load
+from mmgen.config import check_positive
 from mmgen.errors import MMGenError
 from mmgen.evaluation import EvalContext, Metric, MetricSkipped, Moments, moments_distance, nanmean
 
@@ -41,6 +42,9 @@ class FIDConfig:
     max_samples: int = 1000
     conditional: bool = True  # also x_t generated from all other modalities
     batch_size: int = 50
+
+    def __post_init__(self):
+        check_positive(self, "max_samples", "batch_size")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +232,8 @@ class InceptionFID(Metric):
 
     name = "fid"
     requires_classifiers = False
+    outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "n_generated", "n_real",
+               "network")
 
     def __init__(self, cfg: FIDConfig | None = None):
         self.cfg = cfg or FIDConfig()

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mmgen import distributions as dist
+from mmgen.config import check_nonnegative, check_positive
 from mmgen.evaluation import EvalContext, Metric
 
 
@@ -34,6 +35,10 @@ class NLLConfig:
     k: int = 50  # MMVAE reports K = 1000; 50 keeps a CPU evaluation within minutes
     max_test: int = 1000
     log_z_samples: int = 100_000
+
+    def __post_init__(self):
+        check_positive(self, "k", "log_z_samples")
+        check_nonnegative(self, "max_test")
 
 
 def log_normalizer(prior, samples: int, device) -> tuple[float, bool]:
@@ -61,6 +66,7 @@ class ImportanceSampledNLL(Metric):
     """Mean over test tuples of -log p(x_1..x_M), K importance samples from q(z, w | x)."""
 
     name = "nll"
+    outputs = ("nll", "nll_sem", "k", "n_test", "log_z", "normalized")
     requires_classifiers = False
 
     def __init__(self, cfg: NLLConfig | None = None):

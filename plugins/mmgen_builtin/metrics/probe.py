@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from mmgen.config import check_nonnegative, check_positive
 from mmgen.data import MultimodalDataset
 from mmgen.evaluation import EvalContext, Metric, MetricSkipped, accuracy, memoized_encoders
 
@@ -28,6 +29,10 @@ class ProbeConfig:
     per_modality: bool = True
     c: float = 1.0  # inverse L2 strength, as scikit-learn's C
     max_iter: int = 200  # L-BFGS iterations
+
+    def __post_init__(self):
+        check_nonnegative(self, "max_train")  # 0 = every labelled training tuple
+        check_positive(self, "c", "max_iter")
 
 
 def fit_logistic(x: Tensor, y: Tensor, num_classes: int, c: float = 1.0, max_iter: int = 1000):
@@ -63,6 +68,7 @@ class LatentProbe(Metric):
     """Test accuracy of a logistic-regression probe on the posterior mean of z (amortized encoder)."""
 
     name = "probe"
+    outputs = ("accuracy", "balanced_accuracy", "per_modality", "per_modality_balanced", "n_train", "n_test")
     requires_classifiers = False
 
     def __init__(self, cfg: ProbeConfig | None = None):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from mmgen.config import check_nonnegative, check_positive
 from mmgen.latent import Objective, ObjectiveResult, Posterior, PrivatePosterior, Strata
 
 
@@ -82,6 +83,10 @@ class ElboConfig:
     beta: float = 1.0
     k: int = 1
     stratified: bool = True
+
+    def __post_init__(self):
+        check_nonnegative(self, "beta")  # a negative weight would reward a posterior far from the prior
+        check_positive(self, "k")
 
 
 class Elbo(Objective):

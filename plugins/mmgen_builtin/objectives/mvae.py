@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmgen.config import check_nonnegative
 from mmgen.latent import ObjectiveResult
 
 from .elbo import Elbo, ElboConfig, Terms, sample_terms, summary_stats
@@ -29,6 +30,10 @@ class MvaeConfig(ElboConfig):
 
     unimodal: bool = True
     random_subsets: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_nonnegative(self, "random_subsets")
 
 
 class Mvae(Elbo):

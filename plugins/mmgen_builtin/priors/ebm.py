@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.func import functional_call
 
-from mmgen.config import check_nonnegative, check_positive
+from mmgen.config import check_betas, check_finite, check_nonnegative, check_positive
 from mmgen.errors import MMGenError
-from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, run_chain
+from mmgen.langevin import ChainResult, GraphedChain, LangevinKernel, as_float32, run_chain
 from mmgen.latent import Prior
 
 _LEAKY_SLOPE = 0.2
@@ -35,6 +35,7 @@ _KERNELS = {
     "silu": (F.silu, torch.ops.aten.silu_backward.default),
 }
 _ATEN_ELTWISE_BELOW = 32768  # activation elements per call under which ATen's kernels beat oneDNN's
+SIGMA0_RANGE = (1e-19, 1e19)  # sigma0^2 and 1/sigma0^2 stay below float32's largest value, 3.4e38
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE), "silu": nn.SiLU}
 
 
@@ -62,6 +63,11 @@ class EBMConfig:
     def __post_init__(self):
         check_positive(self, "hidden", "sigma0", "step_size", "lr")
         check_nonnegative(self, "depth", "steps", "clip_grad", "energy_l2", "weight_decay")
+        check_finite(self, "energy_weight")
+        if not SIGMA0_RANGE[0] <= self.sigma0 <= SIGMA0_RANGE[1]:  # (NaN: rejected just above)
+            raise ValueError(f"sigma0: must be in [{SIGMA0_RANGE[0]:g}, {SIGMA0_RANGE[1]:g}] (sigma0^2 and "
+                             f"1/sigma0^2 enter float32 arithmetic), got {self.sigma0}")
+        check_betas(self)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: unknown '{self.activation}'; valid: {', '.join(ACTIVATIONS)}")
 
@@ -209,7 +215,7 @@ class EnergyMLP(nn.Module):
 
         def move(z: Tensor, eps: Tensor, a: float, b: float) -> Tensor:
             delta = body(z)[1]
-            k = 1.0 + a * z_coeff
+            k = as_float32(1.0 + a * z_coeff)
             if k == 0.0:  # the Gaussian term cancels z exactly
                 return torch.addmm(eps, delta, w_in, beta=b, alpha=a)
             return torch.addmm(torch.add(z, eps, alpha=b / k), delta, w_in, beta=k, alpha=a)
