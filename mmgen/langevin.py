@@ -11,6 +11,7 @@ not interact. The returned samples carry no autograd graph into any model parame
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -24,6 +25,17 @@ ValueAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]  # (N, D) -> ((N,), (
 Score = Callable[[Tensor], Tensor]  # (N, D) -> (N, D): grad log pi alone
 # (z, noise, drift, noise_scale) -> z + drift * grad log pi(z) + noise_scale * noise, in one pass
 Move = Callable[[Tensor, Tensor, float, float], Tensor]
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def as_float32(x: float) -> float:
+    """A chain coefficient (``s^2 / 2``, ``s``) as float32 arithmetic holds it: beyond float32's
+    range, +-inf. torch refuses a finite Python scalar that overflows the tensor's dtype (a
+    RuntimeError, not a number), while a chain with a huge step size should simply give
+    non-finite samples, which training's non-finite guard reports (``train.on_nonfinite``)."""
+    return x if not abs(x) > _FLOAT32_MAX else math.copysign(math.inf, x)
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,8 @@ class LangevinKernel:
             norm = grad.norm(dim=-1, keepdim=True)
             grad = grad * (self.clip_grad / norm.clamp_min(self.clip_grad))
         s = self.step_size
-        z = torch.add(state.z, grad, alpha=0.5 * s * s).add_(noise, alpha=s * noise_scale)  # float32, as state.z
+        drift, scale = as_float32(0.5 * s * s), as_float32(s * noise_scale)
+        z = torch.add(state.z, grad, alpha=drift).add_(noise, alpha=scale)  # float32, as state.z
         if with_log_prob or self.score_fn is None:
             return LangevinState(z, *self._value_and_grad(z, with_log_prob))
         return LangevinState(z, None, self.score_fn(z))  # an inner step of a fast chain: the gradient alone
@@ -167,11 +180,11 @@ def _run_moves(kernel: LangevinKernel, z: Tensor, z0: Tensor, noise: Tensor, sca
     """:func:`run_chain` through ``kernel.move_fn``: the states are kept (they give back the
     gradients, (z_{t+1} - z_t - s_t eps_t) / drift) and the log-density is read only at both ends."""
     s = kernel.step_size
-    drift, move = 0.5 * s * s, kernel.move_fn
+    drift, move = as_float32(0.5 * s * s), kernel.move_fn
     start_lp = kernel.log_prob(z)
     states = [z]
     for eps, scale in zip(noise.unbind(0), scales):
-        z = move(z, eps, drift, s * scale)
+        z = move(z, eps, drift, as_float32(s * scale))
         states.append(z)
     chain = torch.stack(states)  # (K + 1, N, D)
     step_noise = noise * s

@@ -267,8 +267,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
         with torch.no_grad():
             probe = train_set.batch(torch.arange(min(4, len(train_set)))).to(device)
-            if not torch.isfinite(core(probe).loss):
-                raise DivergenceError("sanity check: the initial loss on 4 training tuples is not finite")
+            out = core(probe)
+            if not torch.isfinite(out.loss):  # name the component and statistic, as the loop's guard does
+                report = nonfinite_report(core, _Pending(0, 0, torch.isfinite(out.loss), out.stats, out.loss,
+                                                         torch.zeros(()), torch.ones(0, dtype=torch.bool), []))
+                raise DivergenceError(f"sanity check: the initial loss on 4 training tuples is not finite: {report}")
         checkpoint("latest.pt")  # a rollback target, and a resumable run from the first second
     accelerator.wait_for_everyone()
 

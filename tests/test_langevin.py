@@ -183,3 +183,17 @@ def test_ebm_prior_with_every_aggregator_and_inference(tmp_path, tiny_overrides,
     if inference == "langevin":
         expected |= {"refinement.png", "chain-posterior.png"}
     assert figures == expected  # amortized inference has no refinement or posterior chain to draw
+
+
+def test_a_huge_step_size_gives_non_finite_samples_not_an_overflow_error():
+    """s^2 / 2 beyond float32's range used to reach torch as a Python scalar it refuses to convert
+    (RuntimeError: value cannot be converted to type float without overflow); as float32 holds
+    it, it is inf, so the chain diverges and training's non-finite guard reports it."""
+    from mmgen_builtin.priors.ebm import EBMConfig, EBMPrior
+
+    torch.manual_seed(0)
+    kernel = LangevinKernel(lambda z: -0.5 * z.pow(2).sum(-1), step_size=1e30)
+    assert run_chain(kernel, torch.randn(4, 2), steps=3).stats["nonfinite"] > 0
+    for fast in (True, False):  # the fused move (an addmm with beta = 1 - s^2/2 / sigma0^2) and autograd
+        prior = EBMPrior(EBMConfig(hidden=8, steps=3, step_size=1e30, fast_grad=fast, cuda_graph=False), 2)
+        assert not torch.isfinite(prior.sample(4)).all()

@@ -398,3 +398,12 @@ def test_replica_comparison_sees_moved_weights_whose_sums_agree():
     assert torch.isclose(swapped[1].weight.sum(), model[1].weight.sum())
     with pytest.raises(MMGenError, match=r"different parameters \(first at 1\.weight\)"):
         _check_in_sync(TwoReplicas(swapped), model)
+
+
+def test_a_huge_langevin_step_size_is_a_one_line_error_naming_the_component(tmp_path, tiny_overrides):
+    result = cli("train", "--out", str(tmp_path / "r"), "--max-steps", "2", "--prior", "ebm", *tiny_overrides,
+                 "model.prior.hidden=8", "model.prior.steps=3", "model.prior.step_size=1e30")
+    assert result.exit_code == 2, result.output  # was exit 1: an overflow traceback from inside the chain
+    msg = " ".join(result.output.split())
+    assert msg.startswith("error: sanity check: the initial loss on 4 training tuples is not finite")
+    assert "prior 'ebm': prior/loss=nan" in msg and "Traceback" not in msg
