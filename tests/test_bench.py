@@ -289,3 +289,81 @@ def test_slurm_launcher_without_submitit_says_how_to_install(tmp_path, monkeypat
 
     with pytest.raises(MMGenError, match=r"pip install 'mmgen\[slurm\]'"):
         make_launcher("slurm", plan, 1)
+
+
+TINY_BENCH = """budget: {max_steps: 2}
+data: {name: default, modalities: 2, train_size: 64, test_size: 32}
+evaluate: {metrics: [cross_coherence, nll]%s}
+report: %s
+runs: [{name: a, recipe: mmvae%s}]
+"""
+
+
+def plan_errors(tmp_path: Path, evaluate: str = "", report: str = "{}", run: str = "") -> list[str]:
+    """The errors ``make_plan`` reports for a tiny bench file (empty when it plans)."""
+    spec = load_spec(write(tmp_path, TINY_BENCH % (evaluate, report, run)))
+    try:
+        make_plan(spec, tmp_path / "out")
+    except ConfigError as exc:
+        return [e.split(": ", 1)[1] for e in exc.errors]  # without the file name
+    return []
+
+
+def test_columns_curves_cross_given_and_metric_options_are_checked_before_anything_runs(tmp_path):
+    errors = plan_errors(tmp_path, ", options: [nll.k=-1], columns: [cross_coherence/nosuch, nll/nll]",
+                         "{curves: [loss, objective/kl, nosuchstat], cross_given: [0, 7]}")
+    assert errors == [
+        "evaluate.options: nll.k: must be > 0, got -1",
+        "evaluate.columns[0]: 'cross_coherence/nosuch': metric 'cross_coherence' reports no 'nosuch'; it reports: "
+        "mean_1to1, mean_1to1_balanced, mean_by_size, mean_by_size_balanced, matrix_1to1, matrix_1to1_balanced, pairs, n_test",
+        "report.curves[2]: 'nosuchstat' is not a logged statistic; valid: loss, grad_norm, steps_per_s, time, "
+        "objective/<statistic>, prior/<statistic>, inference/<statistic>, or metric/key once the runs evaluate "
+        "during training (train.eval_every)",
+        "report.cross_given: modality 7 does not exist (the data has 2 modalities; valid: 0..1)",
+    ]
+    assert not (tmp_path / "out").exists()
+    result = invoke("bench", write(tmp_path, TINY_BENCH % ("", "{cross_given: 2}", "")), "--dry-run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "report.cross_given: modality 2 does not exist" in result.output
+    # What is valid still plans: list indices, every number of a metric, model statistics.
+    assert plan_errors(tmp_path, ", columns: [cross_coherence/mean_by_size/0, nll/*]",
+                       "{curves: [grad_norm, prior/loss, inference/chain/displacement], cross_given: [1]}") == []
+
+
+def test_metric_curves_need_a_periodic_evaluation_of_that_metric(tmp_path):
+    periodic = ", overrides: [train.eval_every=1, 'train.eval_metrics=[joint_coherence]']"
+    assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherence]}", run=periodic) == []
+    assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherenc]}", run=periodic) == [
+        "report.curves[0]: 'joint_coherence/coherenc': metric 'joint_coherence' reports no 'coherenc' "
+        "(did you mean 'coherence'?); it reports: coherence, n, agreed_class_counts"]
+    (error,) = plan_errors(tmp_path, report="{curves: [cross_coherence/mean_1to1]}", run=periodic)
+    assert error.startswith("report.curves[0]: 'cross_coherence/mean_1to1' is not a logged statistic")
+    assert error.endswith("or metric/key of a metric evaluated during training (joint_coherence)")
+
+
+def test_classifier_lr_must_be_finite(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, "budget: {epochs: 1}\nevaluate: {classifiers: {lr: .inf}}\nruns: [{name: a}]\n"))
+    assert "evaluate.classifiers.lr: invalid value inf (expected a finite positive number)" in err.value.errors[0]
+
+
+def test_cross_given_is_checked_against_the_loaded_data_before_training(tmp_path, monkeypatch, capsys, plugins):
+    # With every modality on disk (polymnist, modalities: 0) the count is known only once the data
+    # loads: the prepare step, which runs before any training, checks it then.
+    import torch
+
+    from mmgen.bench import worker
+    from mmgen.config import compose, resolve
+
+    for split in ("train", "test"):
+        (tmp_path / "pm" / split).mkdir(parents=True)
+        for m in range(2):
+            torch.save(torch.zeros(4, 3, 28, 28, dtype=torch.uint8), tmp_path / "pm" / split / f"m{m}.pt")
+        torch.save(torch.arange(4), tmp_path / "pm" / split / "labels.pt")
+    cfg = resolve(compose(overrides=["data.name=polymnist", f"data.path={tmp_path / 'pm'}"]), plugins.registry)
+    assert worker.check_cross_given([5], cfg["data"]) == []  # the config alone cannot tell
+    monkeypatch.setattr(worker, "_enter", lambda *args: None)  # the real one redirects this process's output
+    code = worker.prepare_classifiers(None, cfg, None, str(tmp_path / "prepare.log"), [0, 5])
+    assert code == 1
+    assert "error: report.cross_given: modality 5 does not exist (the data has 2 modalities; valid: 0..1)" \
+        in capsys.readouterr().out

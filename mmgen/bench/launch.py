@@ -239,12 +239,13 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
     if plan.metrics:
         # Once per dataset and classifier settings: a re-run (or a Slurm re-submission) skips it.
         log, marker = plan.bench_dir / "prepare.log", plan.bench_dir / "prepare.json"
-        settings = plan.spec.evaluate["classifiers"]
-        key = _digest({"data": todo[0].config["data"], "plugins": todo[0].config.get("plugins"), "classifiers": settings})
+        settings, given = plan.spec.evaluate["classifiers"], plan.spec.report["cross_given"]
+        key = _digest({"data": todo[0].config["data"], "plugins": todo[0].config.get("plugins"), "classifiers": settings,
+                       "cross_given": given})
         path = str(plan.classifiers_path.resolve()) if plan.classifiers_path else None
         done_before = (read_json_file(marker) or {}).get("key") == key and (path is None or Path(path).is_file())
         if not done_before:
-            prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve())), log)
+            prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve()), given), log)
             codes = launcher.run([prep], started, lambda t, c: None)
             if codes.get("prepare") != 0:
                 raise MMGenError(f"preparing the data and classifiers failed: {_last_error(log)} (see {log})")

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mmgen.bench.report import Column, parse_columns
+from mmgen.bench.report import Column, check_curves, parse_columns
 from mmgen.bench.spec import BenchSpec, CONFIG_FILE, RunSpec, STATE_FILE
 from mmgen.checkpoint import atomic_write_text
 from mmgen.config import COMPONENT_SECTIONS, RunConfig, compose, parse_overrides, resolve
@@ -201,7 +201,7 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
     Raises :class:`ConfigError` with every problem (each naming the run and the key) before
     anything is written.
     """
-    from mmgen.evaluation import build_metrics, check_metric_names, parse_metric_names
+    from mmgen.evaluation import build_metrics, check_metric_names, metric_outputs, parse_metric_names
     from mmgen.plugins import create_plugin_manager
 
     bench_dir = Path(bench_dir)
@@ -242,8 +242,16 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
             build_metrics(registry, metrics, parse_overrides(spec.evaluate["options"]))
         except MMGenError as exc:
             errors.append(f"{spec.path}: evaluate.options: {exc}")
-    columns, column_errors = parse_columns(spec.evaluate["columns"], metrics)
+    known = set(registry.names("metric"))
+    outputs = {m: metric_outputs(registry, m) for m in metrics if m in known}
+    columns, column_errors = parse_columns(spec.evaluate["columns"], metrics, outputs=outputs)
     errors += [f"{spec.path}: {e}" for e in column_errors]
+    configs = [cfg for runs in resolved.values() for _, cfg, _ in runs]
+    periodic = {m: metric_outputs(registry, m) for cfg in configs if cfg["train"]["eval_every"]
+                for m in cfg["train"]["eval_metrics"] if m in known}
+    errors += [f"{spec.path}: {e}" for e in check_curves(spec.report["curves"], periodic)]
+    if configs:  # every run has the same data
+        errors += [f"{spec.path}: {e}" for e in check_cross_given(spec.report["cross_given"], configs[0]["data"])]
     if errors:
         raise ConfigError(errors)
     ev_settings = eval_settings(spec, metrics)
@@ -257,6 +265,20 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
                                       _selected(run.name, seed, only)))
     classifiers = bench_dir / "classifiers.pt" if spec.evaluate["classifiers"] else None
     return Plan(spec, bench_dir, planned, metrics, columns, classifiers)
+
+
+def check_cross_given(given: Sequence[int], data: dict[str, Any], modalities: int | None = None) -> list[str]:
+    """An error line when ``report.cross_given`` names a modality the data lacks. The count is
+    ``modalities`` when known (the loaded data), else the data config's ``modalities`` when it sets
+    a positive one; otherwise (e.g. every modality on disk) it is checked once the data is loaded."""
+    count = modalities if modalities is not None else data.get("modalities")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        return []
+    bad = [g for g in given if g >= count]
+    if not bad:
+        return []
+    return [f"report.cross_given: modality {bad[0]} does not exist (the data has {count} modalities; "
+            f"valid: 0..{count - 1})"]
 
 
 def train_args(p: PlannedRun) -> list[str]:

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mmgen.errors import did_you_mean
+
 #: The number (or numbers) each built-in metric is best summarised by: metric -> [(key, label)].
 HEADLINES: dict[str, list[tuple[str, str]]] = {
     "cross_coherence": [("mean_1to1", "cross coherence 1→1")],
@@ -28,6 +30,11 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
 }
 #: Metrics where a smaller number is better (distances, negative log-likelihoods).
 LOWER_IS_BETTER = {"fd", "fid", "nll"}
+#: What every logged training step records besides the model's statistics (mmgen.train).
+LOOP_STATS = ("loss", "grad_norm", "steps_per_s", "time")
+#: The model's statistics are namespaced by component kind (mmgen.model.MultimodalModel.forward);
+#: which ones a component logs is known only once it runs.
+STAT_GROUPS = ("objective", "prior", "inference")
 
 
 
@@ -61,9 +68,12 @@ def default_columns(metrics: Sequence[str]) -> list[Column]:
     return columns
 
 
-def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.columns") -> tuple[list[Column], list[str]]:
+def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.columns",
+                  outputs: dict[str, Sequence[str]] | None = None) -> tuple[list[Column], list[str]]:
     """Columns from a bench file: ``metric/key`` strings or ``{key, label, better}`` mappings.
 
+    ``outputs`` maps a metric to the keys it declares (:attr:`mmgen.evaluation.Metric.outputs`):
+    a column naming another key of that metric is an error, since it could only ever be empty.
     Returns the columns and one error line per bad entry (each naming its position).
     """
     if items is None:
@@ -85,12 +95,49 @@ def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.col
         if "/" not in key or metric not in metrics:
             errors.append(f"{where}[{i}]: '{key}' must be metric/key with a metric from evaluate.metrics ({', '.join(metrics)})")
             continue
+        if error := _unreported(key, (outputs or {}).get(metric, ())):
+            errors.append(f"{where}[{i}]: {error}")
+            continue
         better = spec.get("better", "lower" if metric in LOWER_IS_BETTER else "higher")
         if better not in ("higher", "lower"):
             errors.append(f"{where}[{i}].better: invalid value {better!r}; valid: higher, lower")
             continue
         columns.append(Column(key, str(spec.get("label", key)), better))
     return columns, errors
+
+
+def _unreported(key: str, declared: Sequence[str]) -> str | None:
+    """Why ``metric/key[/...]`` names nothing its metric reports (None when it may, or when the
+    metric declares no outputs). ``metric/*`` stands for every number the metric reports."""
+    metric, _, rest = key.partition("/")
+    sub = rest.split("/")[0]
+    if not declared or sub == "*" or sub in declared:
+        return None
+    return (f"'{key}': metric '{metric}' reports no '{sub}'{did_you_mean(sub, declared)}; "
+            f"it reports: {', '.join(declared)}")
+
+
+def check_curves(curves: Sequence[str], periodic: dict[str, Sequence[str]], where: str = "report.curves") -> list[str]:
+    """One error line per ``report.curves`` entry that no run can log: a curve is a training
+    statistic (:data:`LOOP_STATS`, or ``objective/...``, ``prior/...``, ``inference/...``) or
+    ``metric/key`` of a metric the runs evaluate during training. ``periodic`` maps each such
+    metric to the keys it declares (empty: not declared)."""
+    errors = []
+    for i, key in enumerate(curves):
+        group, _, rest = key.partition("/")
+        if key in LOOP_STATS or (group in STAT_GROUPS and rest):
+            continue
+        if group in periodic and rest:
+            if error := _unreported(key, periodic[group]):
+                errors.append(f"{where}[{i}]: {error}")
+            continue
+        valid = [*LOOP_STATS, *(f"{g}/<statistic>" for g in STAT_GROUPS)]
+        evaluated = (f"metric/key of a metric evaluated during training ({', '.join(periodic)})" if periodic
+                     else "metric/key once the runs evaluate during training (train.eval_every)")
+        errors.append(f"{where}[{i}]: '{key}' is not a logged statistic"
+                      f"{did_you_mean(key, [*LOOP_STATS, *(f'{g}/' for g in STAT_GROUPS)])}; "
+                      f"valid: {', '.join(valid)}, or {evaluated}")
+    return errors
 
 
 def expand_columns(columns: Sequence[Column], reports: Sequence[dict[str, Any]]) -> list[Column]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,10 +197,10 @@ def load_spec(path: str | Path) -> BenchSpec:
         else:
             _unknown(classifiers, CLASSIFIER_KEYS, "evaluate.classifiers.", errors)
             for key, value in classifiers.items():
-                kind = "positive number" if key == "lr" else \
+                kind = "finite positive number" if key == "lr" else \
                     "non-negative integer" if key in ("seed", "min_steps") else "positive integer"
                 ok = isinstance(value, (int, float) if key == "lr" else int) and not isinstance(value, bool) \
-                    and (value >= 0 if kind.startswith("non") else value > 0)
+                    and math.isfinite(value) and (value >= 0 if kind.startswith("non") else value > 0)
                 if key in CLASSIFIER_KEYS and not ok:
                     errors.append(f"evaluate.classifiers.{key}: invalid value {value!r} (expected a {kind})")
 
