@@ -27,6 +27,13 @@ class LoadedRun:
     train_set: MultimodalDataset
     test_set: MultimodalDataset
     step: int
+    checkpoint: Path | None = None  # the file the weights came from
+
+    @property
+    def unfinished(self) -> bool:
+        """Loaded from ``latest.pt`` of a run that has no ``final.pt`` (still training, or stopped)."""
+        return self.checkpoint is not None and self.checkpoint.name == "latest.pt" \
+            and not (self.checkpoint.parent / "final.pt").is_file()
 
 
 def component_plugins(cfg: dict[str, Any], plugins: Plugins) -> dict[str, dict[str, str]]:
@@ -78,4 +85,4 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
         raise
     model.to(device).eval()
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return LoadedRun(run_dir, cfg, plugins, model, train_set, test_set, ckpt["progress"]["step"])
+    return LoadedRun(run_dir, cfg, plugins, model, train_set, test_set, ckpt["progress"]["step"], path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -120,6 +121,13 @@ def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     for command in ("sample", "evaluate"):
         result = invoke(command, poisoned, "--out", tmp_path / "p")
         assert result.exit_code == 2 and f"non-finite weights ({name})" in " ".join(result.output.split())
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tiny_run / "checkpoints", unfinished / "checkpoints")
+    (unfinished / "checkpoints" / "final.pt").unlink()
+    result = invoke("sample", unfinished, "--n", "2")
+    assert result.exit_code == 0, result.output
+    assert f"{unfinished} has not finished; using {unfinished / 'checkpoints' / 'latest.pt'}" in " ".join(result.output.split())
+    assert "has not finished" not in invoke("sample", tiny_run, "--n", "2", "--out", tmp_path / "s").output
     result = invoke("sample", tiny_run, "--device", "tpu")
     assert result.exit_code == 2 and "--device: invalid value 'tpu'; valid: auto, cpu, cuda" in result.output
 

@@ -49,6 +49,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def note_unfinished(loaded: Any) -> None:
+    """Say so when a command works from an unfinished run's latest checkpoint."""
+    if loaded.unfinished:
+        err_console.print(f"[yellow]note:[/] {loaded.run_dir} has not finished; using {loaded.checkpoint} "
+                          f"(step {loaded.step})", soft_wrap=True)
+
+
 def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
     """A fresh plugin manager; plugin load warnings go to stderr as one line each."""
     with warnings.catch_warnings(record=True) as caught:

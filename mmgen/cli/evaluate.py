@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmgen.cli.common import err_console, load_plugins, out_console, user_errors
+from mmgen.cli.common import err_console, load_plugins, note_unfinished, out_console, user_errors
 from mmgen.errors import CheckpointError, MMGenError
 
 
@@ -60,6 +60,7 @@ def evaluate(
         if override is None:
             raise
         raise MMGenError(f"--data {data}: the dataset does not fit the run's model (different modalities?): {exc}") from None
+    note_unfinished(loaded)
     registry = loaded.plugins.registry
     names = parse_metric_names(metrics, registry)
     opts: dict[str, Any] = parse_overrides(list(options)) if options else {}

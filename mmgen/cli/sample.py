@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from mmgen.cli.common import err_console, user_errors
+from mmgen.cli.common import err_console, note_unfinished, user_errors
 from mmgen.errors import MMGenError
 
 
@@ -37,6 +37,7 @@ def sample(
     device = resolve_device(device)
     torch.manual_seed(seed)
     loaded = load_run(run_dir, device)
+    note_unfinished(loaded)
     names = [m.name for m in loaded.model.modalities]
     given_idx = None
     if given:
