@@ -4,5 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
+if [ -e runs/quickstart ]; then
+    echo "quickstart: replacing the previous quickstart run in runs/quickstart" >&2
+    rm -rf runs/quickstart  # the script's own folder; mmgen train never writes over a run itself
+fi
 mmgen train --prior ebm --agg moe --out runs/quickstart "$@"
 mmgen sample runs/quickstart --chain
