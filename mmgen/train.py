@@ -202,8 +202,13 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     torch.manual_seed(cfg["seed"])
 
     run_dir = Path(run_dir or cfg["out"] or default_run_dir(cfg))
+    if accelerator.num_processes > 1:  # one folder for all processes: the main one's choice
+        from accelerate.utils import broadcast_object_list
+
+        run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     if not resume:
         check_fresh_run_dir(run_dir)
+    accelerator.wait_for_everyone()  # every process has checked the folder before anything is written
     ckpt_dir = run_dir / "checkpoints"
     train_set, test_set = load_datasets(cfg, plugins)
     model = build_model(cfg, plugins.registry, train_set.modalities)
