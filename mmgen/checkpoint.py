@@ -94,8 +94,22 @@ def safe_load(path: str | Path, what: str, problem: str, error: type[MMGenError]
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise error(f"{what} {path} {problem} ({first})") from None
+        raise error(f"{what} {path} {problem} ({load_failure(exc)})") from None
+
+
+def load_failure(exc: Exception) -> str:
+    """What a failed ``torch.load`` says about the file, in a few words (torch's own messages run
+    to several sentences of advice that does not apply here)."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        # The reason is the part after torch's advice ("Unsupported global: ...", ...).
+        reason = next((line.strip() for line in text.splitlines()[1:] if line.strip()
+                       and not line.startswith(("Please", "Check", "WeightsUnpickler", "(1)", "(2)", "	"))), "")
+        return "not a PyTorch file of tensors and plain data" + (f": {reason[:120]}" if reason else "")
+    if text.startswith("PytorchStreamReader failed"):
+        return "not a complete PyTorch zip archive: " + text.split(":", 1)[1].split(".")[0].strip()
+    first = (text.splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -136,6 +136,8 @@ def find_recipe(recipe: str) -> Path:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
+    if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        raise MMGenError(f"recipe file not found: {recipe} (a recipe is a file path or one of: {', '.join(list_recipes())})")
     for d in config_dirs():
         if (d / f"{recipe}.yaml").is_file():
             return d / f"{recipe}.yaml"

@@ -77,6 +77,8 @@ def test_range_checks(plugins):
 def test_recipe_lookup_errors():
     with pytest.raises(MMGenError, match="unknown recipe 'mmvea' \\(did you mean 'mmvae'\\?\\)"):
         compose("mmvea")
+    with pytest.raises(MMGenError, match="recipe file not found: configs/nosuch.yaml"):
+        compose("configs/nosuch.yaml")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

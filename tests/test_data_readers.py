@@ -172,3 +172,17 @@ def test_corrupt_png_in_train(tmp_path):
     result = invoke("train", "--data", f"polymnist:{tmp_path}", "--max-steps", "1", "--batch-size", "2",
                     "--out", tmp_path / "run", "train.progress=false", "train.device=cpu")
     assert_one_line_error(result, "corrupt image file", bad)
+
+
+def test_a_damaged_default_dataset_cache_is_rebuilt(tmp_path, monkeypatch):
+    from mmgen_builtin.datasets.default import DefaultDataConfig, default_dataset, location
+
+    monkeypatch.setenv("MMGEN_CACHE", str(tmp_path))
+    cfg = DefaultDataConfig(modalities=2, train_size=32, test_size=8)
+    first = default_dataset(cfg, "train")
+    m1 = location(cfg) / "train" / "m1.pt"
+    m1.write_bytes(m1.read_bytes()[:50])  # truncated, as by a full disk or a killed copy
+    with pytest.warns(RuntimeWarning, match="cached default dataset is damaged .*m1.pt.*rebuilding it"):
+        again = default_dataset(cfg, "train")
+    assert all(torch.equal(a, b) for a, b in zip(first.images, again.images))  # the same bytes, rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [location(cfg).name]  # the damaged copy is gone

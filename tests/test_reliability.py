@@ -331,6 +331,24 @@ def test_checkpoint_loading_never_executes_code(tmp_path):
     assert not target.exists()
 
 
+def test_unreadable_checkpoints_say_why_in_a_few_words(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"format": FORMAT, "model": {"w": torch.ones(3)}}, good)
+    cases = {"truncated.pt": good.read_bytes()[:200], "random.pt": bytes(range(256)) * 4, "empty.pt": b""}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(tmp_path / name)
+        message = str(err.value)
+        assert message.startswith(f"checkpoint {tmp_path / name} is corrupt or truncated (") and "\n" not in message
+        assert "weights_only" not in message and "If you are seeing this error" not in message  # torch's advice
+    with pytest.raises(CheckpointError, match=r"truncated.pt is corrupt or truncated \(not a complete PyTorch zip archive"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    with pytest.raises(CheckpointError, match=r"evil.pt is corrupt or truncated \(not a PyTorch file of tensors"):
+        torch.save({"format": FORMAT, "model": Exploit()}, tmp_path / "evil.pt")
+        load_checkpoint(tmp_path / "evil.pt")
+
+
 def test_checkpoint_from_other_format_or_missing_plugin(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     assert cli("train", "--out", str(out), "--max-steps", "2", *tiny_overrides).exit_code == 0

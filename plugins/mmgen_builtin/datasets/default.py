@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from mmgen.config import check_positive
 from mmgen.data import MultimodalDataset
+from mmgen.errors import DataError
 
 from .compose import compose
 from .polymnist import read_tensor_layout
@@ -122,4 +124,12 @@ def default_dataset(cfg: DefaultDataConfig, split: str) -> MultimodalDataset:
     path = location(cfg)
     if not (path / "manifest.json").is_file():
         build(cfg, path)
-    return read_tensor_layout(path, split)
+    try:
+        return read_tensor_layout(path, split)
+    except DataError as exc:  # a damaged cache: it is derived data, so build it again
+        warnings.warn(f"the cached default dataset is damaged ({exc}); rebuilding it", RuntimeWarning, stacklevel=2)
+        damaged = path.with_name(f"{path.name}.damaged-{os.getpid()}")
+        path.rename(damaged)
+        shutil.rmtree(damaged, ignore_errors=True)
+        build(cfg, path)
+        return read_tensor_layout(path, split)

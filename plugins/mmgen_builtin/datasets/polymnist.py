@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mmgen.checkpoint import load_failure
 from mmgen.config import check_nonnegative
 from mmgen.data import ModalitySpec, MultimodalDataset
 from mmgen.errors import DataError
@@ -86,7 +87,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"corrupt dataset file {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise DataError(f"corrupt dataset file {path}: {load_failure(exc)}") from None
     if not isinstance(value, torch.Tensor):
         raise DataError(f"dataset file {path} holds a {type(value).__name__}, expected a tensor")
     return value
