@@ -286,6 +286,9 @@ def check_betas(cfg: Any, name: str = "betas") -> None:
 
 
 def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, errors: list[str]) -> dict[str, Any]:
+    if isinstance(raw, str) and raw:  # `model.prior=ebm`: the section's name was meant
+        errors.append(f"{path}: is a section, not a value; write {path}.name={raw} to choose the {kind}")
+        return {}
     if not isinstance(raw, dict) or not raw.get("name"):
         valid = ", ".join(registry.names(kind))
         errors.append(f"{path}.name: missing; choose a registered {kind}: {valid}")

@@ -66,6 +66,12 @@ def test_range_errors_reported_beside_key_and_type_errors(plugins):
     assert len(errors) == 4
 
 
+def test_a_component_section_set_like_a_value_names_the_fix(plugins):
+    with pytest.raises(ConfigError) as info:
+        resolve(compose(overrides=["model.prior=ebm"]), plugins.registry)
+    assert info.value.errors == ["model.prior: is a section, not a value; write model.prior.name=ebm to choose the prior"]
+
+
 def test_range_checks(plugins):
     with pytest.raises(ConfigError) as info:
         resolve(compose(overrides=["train.batch_size=-1", "train.device=tpu"]), plugins.registry)
