@@ -248,6 +248,9 @@ def test_spec_errors_name_their_key(tmp_path):
     assert "evaluate.metrics: unknown metric 'cross_coherense' (did you mean 'cross_coherence'?)" in text
     assert not (tmp_path / "out").exists()
 
+    for runs, problem in (("[]", "runs: empty"), ("{name: a, recipe: mmvae}", "runs: expected a list of runs, got a dict")):
+        with pytest.raises(ConfigError, match=problem):
+            load_spec(write(tmp_path, f"budget: {{epochs: 1}}\nruns: {runs}\n"))
     result = invoke("bench", write(tmp_path, "budget: {steps: 3}\nruns: [{name: a, recipe: mmvae}]\n"))
     assert result.exit_code == 2 and "budget.steps: unknown key (did you mean 'max_steps'?)" in result.output
     spec = load_spec(write(tmp_path, "budget: {epochs: 1}\nruns: [{name: a, recipe: mmvae}]\n"))

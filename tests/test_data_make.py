@@ -149,6 +149,15 @@ def test_truncated_idx_and_missing_split(tmp_path):
     assert_one_line_error(make(mnist, bgs, tmp_path / "out"), bad, "bytes")
 
 
+def test_a_label_outside_0_9_names_the_file_and_index(tmp_path):
+    mnist, bgs = write_inputs(tmp_path, gzip_train=False)
+    labels = read_idx_labels(mnist / "train-labels-idx1-ubyte")
+    labels[3] = 42
+    write_idx(mnist / "train-labels-idx1-ubyte", labels)
+    assert_one_line_error(make(mnist, bgs, tmp_path / "out"), "label 42 at index 3; MNIST labels are digits 0-9")
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_background(tmp_path):
     mnist, bgs = write_inputs(tmp_path)
     bad = bgs / "b0.png"

@@ -127,7 +127,9 @@ def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     result = invoke("sample", unfinished, "--n", "2")
     assert result.exit_code == 0, result.output
     assert f"{unfinished} has not finished; using {unfinished / 'checkpoints' / 'latest.pt'}" in " ".join(result.output.split())
-    assert "has not finished" not in invoke("sample", tiny_run, "--n", "2", "--out", tmp_path / "s").output
+    result = invoke("sample", tiny_run, "--n", "2", "--out", tmp_path / "s", "--chain")
+    assert "has not finished" not in result.output
+    assert "--chain drew nothing" in " ".join(result.output.split())  # the tiny run: Laplace prior, amortized
     result = invoke("sample", tiny_run, "--device", "tpu")
     assert result.exit_code == 2 and "--device: invalid value 'tpu'; valid: auto, cpu, cuda" in result.output
 

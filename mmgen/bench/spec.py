@@ -218,7 +218,9 @@ def load_spec(path: str | Path) -> BenchSpec:
     runs: list[RunSpec] = []
     raw_runs = raw.get("runs")
     if not isinstance(raw_runs, list) or not raw_runs:
-        errors.append("runs: missing; list the runs, e.g. [{name: mmvae, recipe: mmvae}]")
+        problem = "missing" if raw_runs is None else "empty" if raw_runs == [] else \
+            f"expected a list of runs, got a {type(raw_runs).__name__}"
+        errors.append(f"runs: {problem}; list the runs, e.g. [{{name: mmvae, recipe: mmvae}}]")
         raw_runs = []
     for i, entry in enumerate(raw_runs):
         where = f"runs[{i}]"

@@ -51,3 +51,6 @@ def sample(
     paths = save_figures(loaded.model, loaded.test_set, out or loaded.run_dir / "figures", device, n, given_idx, chain, every)
     for p in paths:
         err_console.print(f"wrote {p}")
+    if chain and not any(p.name.startswith("chain-") for p in paths):
+        err_console.print("[yellow]note:[/] --chain drew nothing: this run has neither an EBM prior (a prior chain) "
+                          "nor Langevin inference (a posterior chain)", soft_wrap=True)

@@ -115,4 +115,7 @@ def read_mnist(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{images_path}: digits are {digits.shape[1]}x{digits.shape[2]}, the recipe needs 28x28")
     if len(labels) == 0:
         raise DataError(f"{images_path}: holds no digits")
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise DataError(f"{labels_path}: label {int(labels[bad])} at index {bad}; MNIST labels are digits 0-9")
     return digits, labels
