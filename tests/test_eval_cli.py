@@ -207,3 +207,22 @@ def test_classifiers_train_rejects_a_bad_lr_before_loading_data(lr):
     result = invoke("classifiers", "train", "--data", "polymnist:/nonexistent", "--lr", lr, "--no-progress")
     assert result.exit_code == 2 and "Traceback" not in result.output  # -1 and nan were Adam's tracebacks
     assert result.output.strip().splitlines() == [f"error: --lr: must be a finite number > 0, got {float(lr)}"]
+
+
+def test_a_run_whose_data_moved_samples_with_data(tmp_path):
+    from tests.conftest import TINY
+    from tests.test_data_readers import write_pt_dataset
+
+    root = tmp_path / "poly"
+    write_pt_dataset(root, 2, "train", n=16)
+    write_pt_dataset(root, 2, "test", n=8)
+    model = [o for o in TINY if not o.startswith("data.")]
+    run = tmp_path / "run"
+    result = invoke("train", "--data", f"polymnist:{root}", "--max-steps", "2", "--out", run, *model)
+    assert result.exit_code == 0, result.output
+    moved = root.rename(tmp_path / "moved")
+    result = invoke("sample", run, "--n", "2")
+    assert result.exit_code == 2 and str(root) in result.output  # names the folder it looked for
+    result = invoke("sample", run, "--n", "2", "--data", f"polymnist:{moved}", "--out", tmp_path / "fig")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fig" / "cross.png").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -54,6 +55,25 @@ def note_unfinished(loaded: Any) -> None:
     if loaded.unfinished:
         err_console.print(f"[yellow]note:[/] {loaded.run_dir} has not finished; using {loaded.checkpoint} "
                           f"(step {loaded.step})", soft_wrap=True)
+
+
+def data_override(run_dir: Path, data: str) -> dict[str, Any]:
+    """The run's config with ``data`` replaced by ``NAME[:PATH]``, validated through the registry.
+
+    With the run's own dataset name, the run's other data options (``modalities``, ...) carry over.
+    """
+    from mmgen.checkpoint import load_checkpoint
+    from mmgen.config import merge_sources
+    from mmgen.run import find_checkpoint
+
+    stored = load_checkpoint(find_checkpoint(run_dir))["config"]
+    plugins = load_plugins([str(m) for m in stored.get("plugins", [])])
+    name, _, path = data.partition(":")
+    section: dict[str, Any] = {"name": name}
+    if path:
+        section["path"] = path
+    cfg = resolve(merge_sources([stored, {"data": section}]), plugins.registry)
+    return cfg["data"]
 
 
 def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mmgen.cli.common import err_console, load_plugins, note_unfinished, out_console, user_errors
+from mmgen.cli.common import data_override, err_console, note_unfinished, out_console, user_errors
 from mmgen.errors import CheckpointError, MMGenError
 
 
@@ -53,7 +53,7 @@ def evaluate(
     from mmgen.run import load_run
 
     dev = resolve_device(device)
-    override = _data_override(run_dir, data) if data else None
+    override = data_override(run_dir, data) if data else None
     try:
         loaded = load_run(run_dir, dev, override)
     except CheckpointError as exc:
@@ -121,25 +121,6 @@ def evaluate(
     else:
         print_report(report)
         err_console.print(f"wrote {path}" + (f" and {len(paths)} figures in {out_dir / 'figures'}" if paths else ""))
-
-
-def _data_override(run_dir: Path, data: str) -> dict[str, Any]:
-    """The run's config with ``data`` replaced by ``NAME[:PATH]``, validated through the registry.
-
-    With the run's own dataset name, the run's other data options (``modalities``, ...) carry over.
-    """
-    from mmgen.checkpoint import load_checkpoint
-    from mmgen.config import merge_sources, resolve
-    from mmgen.run import find_checkpoint
-
-    stored = load_checkpoint(find_checkpoint(run_dir))["config"]
-    plugins = load_plugins([str(m) for m in stored.get("plugins", [])])
-    name, _, path = data.partition(":")
-    section: dict[str, Any] = {"name": name}
-    if path:
-        section["path"] = path
-    cfg = resolve(merge_sources([stored, {"data": section}]), plugins.registry)
-    return cfg["data"]
 
 
 def _command_line(ctx: typer.Context) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from mmgen.cli.common import err_console, note_unfinished, user_errors
+from mmgen.cli.common import data_override, err_console, note_unfinished, user_errors
 from mmgen.errors import MMGenError
 
 
@@ -22,6 +22,8 @@ def sample(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/figures).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    data: Annotated[Optional[str], typer.Option(help="Draw the test inputs from this dataset instead (NAME or NAME:PATH; "
+                                                     "e.g. the run's data after it moved).")] = None,
 ) -> None:
     """Write joint.png, cross.png, refinement.png and, with --chain, chain-prior.png / chain-posterior.png.
 
@@ -36,7 +38,7 @@ def sample(
 
     device = resolve_device(device)
     torch.manual_seed(seed)
-    loaded = load_run(run_dir, device)
+    loaded = load_run(run_dir, device, data_override(run_dir, data) if data else None)
     note_unfinished(loaded)
     names = [m.name for m in loaded.model.modalities]
     given_idx = None
