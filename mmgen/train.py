@@ -237,8 +237,15 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         set_lr_scale(restored.lr_scale)
         return restored
 
+    from mmgen.classifiers import dataset_fingerprint
+
+    data_fingerprint = dataset_fingerprint(train_set)
     if resume:
         check_components(ckpt := load_checkpoint(ckpt_dir / "latest.pt"), plugins, ckpt_dir / "latest.pt")
+        trained_on = ckpt.get("extra", {}).get("data_fingerprint")
+        if trained_on is not None and trained_on != data_fingerprint:
+            raise MMGenError(f"--resume: the training data ({cfg['data']}) is not what the run trained on "
+                             f"(fingerprint {data_fingerprint}, the run's {trained_on})")
         state = restore(ckpt)
         if state.damping != 1.0:
             model.stabilize(state.damping)  # step sizes lowered by earlier rollbacks stay lowered
@@ -266,7 +273,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         if is_main:
             save_checkpoint(ckpt_dir / name, config=cfg, plugins=dict(plugins.versions),
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
-                            progress=vars(state), extra={"components": component_plugins(cfg, plugins)})
+                            progress=vars(state), extra={"components": component_plugins(cfg, plugins),
+                                                         "data_fingerprint": data_fingerprint})
 
     if state.step == 0:
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.

@@ -226,3 +226,10 @@ def test_a_run_whose_data_moved_samples_with_data(tmp_path):
     result = invoke("sample", run, "--n", "2", "--data", f"polymnist:{moved}", "--out", tmp_path / "fig")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "fig" / "cross.png").is_file()
+    # Training resumes from the moved folder, and refuses a folder holding other data.
+    result = invoke("train", "--resume", run, "--max-steps", "4", f"data.path={moved}")
+    assert result.exit_code == 0, result.output
+    other = write_pt_dataset(tmp_path / "other", 2, "train", n=17)
+    write_pt_dataset(other, 2, "test", n=8)
+    result = invoke("train", "--resume", run, "--max-steps", "6", f"data.path={other}")
+    assert result.exit_code == 2 and "is not what the run trained on" in " ".join(result.output.split())

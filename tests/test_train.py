@@ -62,7 +62,7 @@ def test_resume_refuses_model_changes(tmp_path, tiny_overrides):
     out = tmp_path / "run"
     assert run("--max-steps", "2", "--out", str(out), *tiny_overrides).exit_code == 0
     result = run("--resume", str(out), "model.latent_dim=8")
-    assert result.exit_code == 2 and "only train.* settings may change" in result.output
+    assert result.exit_code == 2 and "only train.* settings and data.path may change" in result.output
 
 
 def test_resume_applies_changed_train_settings(tmp_path, tiny_overrides):

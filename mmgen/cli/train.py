@@ -18,7 +18,7 @@ def train(
     recipe: o.Recipe = None, prior: o.Prior = None, agg: o.Agg = None, inference: o.Inference = None,
     data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None, batch_size: o.BatchSize = None, seed: o.Seed = None, device: o.Device = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its latest checkpoint.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its latest checkpoint (train.* and data.path may change).")] = None,
     overrides: o.Overrides = None,
 ) -> None:
     """Train a model: a recipe, component choices and overrides in, a run directory out.
@@ -31,15 +31,18 @@ def train(
     short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device)
     if resume is not None:
         if recipe or config or prior or agg or inference or data:
-            raise MMGenError("--resume continues a run with its own config; only --epochs, --max-steps and "
-                             "train.* overrides may change")
+            raise MMGenError("--resume continues a run with its own config; only --epochs, --max-steps, "
+                             "train.* overrides and data.path (moved data) may change")
         stored = resume_config(resume)
         extra = [str(p) for p in stored.get("plugins", [])]
         plugins = load_plugins(extra)
         changes = parse_overrides([f"{k}={v}" for k, v in short.items()] + list(overrides or []))
-        bad = [k for k in changes if k != "train"]
+        # train.* may change, and data.path (the same data, moved: its fingerprint is checked).
+        bad = [k for k in changes if k not in ("train", "data")]
+        data_changes = changes.get("data", {})
+        bad += [f"data.{k}" for k in data_changes if k != "path"] if isinstance(data_changes, dict) else ["data"]
         if bad:
-            raise MMGenError(f"--resume: only train.* settings may change, not {', '.join(bad)}")
+            raise MMGenError(f"--resume: only train.* settings and data.path may change, not {', '.join(bad)}")
         cfg = resolve(merge_sources([stored, changes]), plugins.registry)
         run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
     else:
