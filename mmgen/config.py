@@ -343,6 +343,17 @@ def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:
             errors.append(f"train.betas: each must be in [0, 1), got {betas}")
 
 
+def _check_posterior_family(cfg: dict[str, Any], registry: Registry, errors: list[str]) -> None:
+    """The aggregator must be able to combine experts of ``model.posterior_family`` (its class's
+    ``families``), which build_model would otherwise find only when the model is built."""
+    name, family = (cfg["model"].get("aggregator") or {}).get("name"), cfg["model"]["posterior_family"]
+    if not name or name not in registry.names("aggregator") or "model.posterior_family" in {e.split(":")[0] for e in errors}:
+        return
+    families = getattr(registry.get("aggregator", name).factory, "families", None)
+    if families is not None and family not in families:
+        errors.append(f"model.posterior_family: aggregator '{name}' needs one of {', '.join(families)}, got '{family}'")
+
+
 def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """Validate ``raw`` against the schema and every chosen component's config.
 
@@ -359,6 +370,7 @@ def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:
         target = _get_path(cfg, parent) if parent else cfg
         target[key] = _resolve_component(_get_path(raw, path), path, kind, registry, errors)
     _check_ranges(cfg, errors)
+    _check_posterior_family(cfg, registry, errors)
     if cfg["train"]["eval_every"]:
         from mmgen.evaluation import check_metric_names
 
