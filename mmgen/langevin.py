@@ -218,17 +218,25 @@ class GraphedChain:
 
     A chain of a small energy is hundreds of tiny kernels whose launch cost dwarfs their
     arithmetic; captured once per (shape, steps, step size), the chain replays with one launch.
-    The graph reads the energy's parameters by address, so in-place optimizer updates are seen
+    The graph reads the target's parameters by address, so in-place optimizer updates are seen
     by later replays. Noise is drawn into a static buffer before each replay (outside the
     graph), so a fixed ``noise`` gives exactly the eager chain's samples.
 
-    Only chains with a ``grad_fn`` (no autograd graph) on a CUDA device are captured. Anything
-    else, and any failure to capture, falls back to :func:`run_chain` transparently: the reason
-    is kept in ``fallback_reason`` and warned about once.
+    A target that reads data changing from call to call (the posterior chain's batch) names
+    those tensors as ``inputs`` and gives ``rebind``, which builds the same kernel over other
+    tensors of the same shapes: the graph is captured over static copies of the inputs, filled
+    before each replay.
+
+    Only chains with a ``grad_fn`` (no autograd graph of their own between steps) on a CUDA
+    device are captured, and at most ``max_graphs`` shapes (an evaluation that conditions on
+    every subset runs the rest eagerly rather than capturing dozens). Anything else, and any
+    failure to capture, falls back to :func:`run_chain` transparently: a failure's reason is
+    kept in ``fallback_reason`` and warned about once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_graphs: int = 8) -> None:
         self._graphs: dict[tuple, tuple] = {}
+        self.max_graphs = max_graphs
         self.fallback_reason: str | None = None
 
     def why_not(self, kernel: LangevinKernel, z0: Tensor, keep_chain: bool) -> str | None:
@@ -244,28 +252,37 @@ class GraphedChain:
         return None
 
     def __call__(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool = False,
-                 keep_chain: bool = False, noise: Tensor | None = None, tensors: tuple[Tensor, ...] = ()) -> ChainResult:
-        """:func:`run_chain`'s arguments; ``tensors`` are those the target reads (the energy's
-        parameters): a graph is reused only while they stay where they were when it was captured."""
+                 keep_chain: bool = False, noise: Tensor | None = None, tensors: tuple[Tensor, ...] = (),
+                 inputs: tuple[Tensor, ...] = (), rebind: Callable[[tuple[Tensor, ...]], LangevinKernel] | None = None,
+                 key: tuple = ()) -> ChainResult:
+        """:func:`run_chain`'s arguments; ``tensors`` are those the target reads in place (its
+        parameters): a graph is reused only while they stay where they were when it was captured.
+        ``inputs`` and ``rebind``: the data the target reads and the kernel over copies of it (see
+        the class); ``key``: anything else the kernel was built from (which modalities it reads)."""
+        if inputs and rebind is None:
+            raise ValueError("a chain with inputs needs rebind to build its kernel over their static copies")
         reason = self.why_not(kernel, z0, keep_chain)
         if reason is None and self.fallback_reason is None:
-            try:
-                return self._replay(kernel, z0, steps, anneal_noise, noise, tensors)
-            except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
-                self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
-                self._graphs.clear()
-                warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=2)
+            full_key = (tuple(z0.shape), z0.dtype, z0.device, steps, anneal_noise, kernel.step_size, kernel.clip_grad,
+                        tuple(t.data_ptr() for t in tensors), tuple((t.shape, t.dtype) for t in inputs), key)
+            if full_key in self._graphs or len(self._graphs) < self.max_graphs:
+                try:
+                    return self._replay(full_key, kernel, z0, steps, anneal_noise, noise, inputs, rebind)
+                except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
+                    self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
+                    self._graphs.clear()
+                    warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=2)
         return run_chain(kernel, z0, steps, anneal_noise, keep_chain=keep_chain, noise=noise)
 
-    def _replay(self, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,
-                noise: Tensor | None, tensors: tuple[Tensor, ...]) -> ChainResult:
-        key = (tuple(z0.shape), z0.dtype, z0.device, steps, anneal_noise, kernel.step_size, kernel.clip_grad,
-               tuple(t.data_ptr() for t in tensors))
+    def _replay(self, key: tuple, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,
+                noise: Tensor | None, inputs: tuple[Tensor, ...], rebind) -> ChainResult:
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._graphs[key] = self._capture(kernel, z0, steps, anneal_noise)
-        graph, static_z0, static_noise, out = entry
+            entry = self._graphs[key] = self._capture(kernel, z0, steps, anneal_noise, inputs, rebind)
+        graph, static_z0, static_noise, static_inputs, out = entry
         static_z0.copy_(z0)
+        for static, given in zip(static_inputs, inputs):
+            static.copy_(given)
         if noise is not None:
             static_noise.copy_(noise)
         else:
@@ -274,9 +291,15 @@ class GraphedChain:
         return ChainResult(out.z.clone().to(z0.dtype), {k: v.clone() for k, v in out.stats.items()})
 
     @staticmethod
-    def _capture(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool) -> tuple:
+    def _capture(kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,
+                 inputs: tuple[Tensor, ...], rebind) -> tuple:
         static_z0 = z0.detach().float().clone()
-        static_noise = torch.randn(steps, *z0.shape, device=z0.device)
+        # zeros, not a draw: a capture takes nothing from the random stream, so a chain's samples
+        # for a given seed are the same whether it was captured, replayed or run eagerly
+        static_noise = torch.zeros(steps, *z0.shape, device=z0.device)
+        static_inputs = tuple(t.detach().clone() for t in inputs)
+        if rebind is not None:
+            kernel = rebind(static_inputs)
         # Warm up on a side stream first (lazy initialisation must not happen during capture).
         side = torch.cuda.Stream(device=z0.device)
         side.wait_stream(torch.cuda.current_stream(z0.device))
@@ -287,4 +310,4 @@ class GraphedChain:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = run_chain(kernel, static_z0, steps, anneal_noise, noise=static_noise)
-        return graph, static_z0, static_noise, out
+        return graph, static_z0, static_noise, static_inputs, out

@@ -166,6 +166,10 @@ def test_prior_sample_fast_flag_same_samples(plugins):
     assert torch.allclose(fast, naive, atol=1e-5)
 
 
+def _failing_capture(*args):
+    raise RuntimeError("operation not permitted when stream is capturing")
+
+
 def test_graphed_chain_falls_back_to_eager_where_it_cannot_capture(plugins):
     comp = plugins.registry.get("prior", "ebm")
     prior = comp.factory(comp.config(hidden=32), 4)
@@ -174,9 +178,10 @@ def test_graphed_chain_falls_back_to_eager_where_it_cannot_capture(plugins):
     graphed = GraphedChain()
     assert graphed.why_not(fast, z0, keep_chain=False) == "not on a CUDA device"
     want = run_chain(fast, z0, 30, noise=noise)
-    # Pretend the chain could be captured: the capture itself then fails on this CPU build, which
-    # must warn once, remember why, and give the eager chain's samples.
+    # Pretend the chain could be captured and the capture fails (as it does where CUDA graphs are
+    # unsupported): it must warn once, remember why, and give the eager chain's samples.
     graphed.why_not = lambda *args: None
+    graphed._capture = _failing_capture
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
         got = graphed(fast, z0, 30, noise=noise)
     assert graphed.fallback_reason.startswith("CUDA graph capture failed")
@@ -245,3 +250,106 @@ def test_posterior_chain_fused_prior_gradient_matches_autograd(plugins, tiny_ove
     naive = run_chain(LangevinKernel(log_prob, model.inference.cfg.step_size), z0, 10)
     assert torch.allclose(fast.z, naive.z, atol=1e-4)
     assert torch.allclose(fast.stats["chain/end_log_prob"], naive.stats["end_log_prob"], rtol=1e-5)
+
+
+def _posterior_setup(plugins, tiny_overrides, device, extra=()):
+    extra = ["model.prior.name=ebm", "model.prior.hidden=16", "model.inference.name=langevin",
+             "model.inference.steps=10", *extra]
+    cfg, model, data = tiny_model(plugins, tiny_overrides, extra)
+    model.to(device)
+    return cfg, model, data
+
+
+def test_graphed_posterior_chain_falls_back_to_eager_on_cpu(plugins, tiny_overrides):
+    """The posterior chain goes through GraphedChain with its batch as inputs; where capture
+    fails (this CPU build) it warns once and gives the eager chain's samples."""
+    cfg, model, data = _posterior_setup(plugins, tiny_overrides, "cpu")
+    inference = model.inference
+    assert inference.graphed is not None
+    batch = float_batch(data, 6)
+    z0 = torch.randn(6, cfg["model"]["latent_dim"])
+    torch.manual_seed(0)
+    inference.graphed = None
+    want = inference.refine(model, z0, batch, batch.mask)
+    inference.graphed = GraphedChain()
+    inference.graphed.why_not = lambda *args: None  # pretend it could be captured, and the capture fails
+    inference.graphed._capture = _failing_capture
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+        got = inference.refine(model, z0, batch, batch.mask)
+    assert torch.equal(got.z, want.z)
+    with pytest.raises(ValueError, match="needs rebind"):
+        GraphedChain()(LangevinKernel(lambda z: -z.square().sum(-1), 0.1), z0, 3, inputs=(z0,))
+    off = _posterior_setup(plugins, tiny_overrides, "cpu", ["model.inference.cuda_graph=false"])[1]
+    assert off.inference.graphed is None
+
+
+def test_graphed_chain_captures_at_most_max_graphs(plugins):
+    """Past ``max_graphs`` shapes, new shapes run eagerly and nothing more is captured."""
+    comp = plugins.registry.get("prior", "ebm")
+    prior = comp.factory(comp.config(hidden=8), 2)
+    kernel = LangevinKernel(prior.unnormalized, 0.4, grad_fn=prior.unnormalized_and_grad)
+    graphed = GraphedChain(max_graphs=1)
+    graphed.why_not = lambda *args: None
+    captured = []
+    graphed._capture = lambda *args: captured.append(args[1].shape) or (_ for _ in ()).throw(RuntimeError("x"))
+    graphed._graphs[("taken",)] = None  # the one slot is full
+    z0 = torch.randn(3, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = graphed(kernel, z0, 5, noise=torch.randn(5, 3, 2))
+    assert captured == [] and got.z.shape == (3, 2) and graphed.fallback_reason is None
+
+
+@pytest.mark.gpu
+def test_graphed_posterior_chain_matches_eager_on_cuda(plugins, tiny_overrides):
+    cfg, model, data = _posterior_setup(plugins, tiny_overrides, "cuda")
+    inference = model.inference
+    d = cfg["model"]["latent_dim"]
+    for n in (8, 8, 5):  # a second batch replays the graph over new data; a smaller one captures anew
+        batch = data.batch(torch.randint(len(data), (n,))).to("cuda")
+        z0 = torch.randn(n, d, device="cuda")
+        torch.manual_seed(5)
+        graphed = inference.refine(model, z0, batch, batch.mask)
+        assert inference.graphed.fallback_reason is None
+        keep, inference.graphed = inference.graphed, None
+        torch.manual_seed(5)
+        eager = inference.refine(model, z0, batch, batch.mask)
+        inference.graphed = keep
+        torch.testing.assert_close(graphed.z, eager.z, rtol=1e-4, atol=1e-4)
+        for key in eager.stats:
+            torch.testing.assert_close(graphed.stats[key], eager.stats[key], rtol=1e-4, atol=1e-4)
+    assert len(inference.graphed._graphs) == 2
+    # an in-place weight update (an optimizer step) is seen by the next replay
+    with torch.no_grad():
+        for p in model.decoders.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    torch.manual_seed(6)
+    after = inference.refine(model, z0, batch, batch.mask)
+    keep, inference.graphed = inference.graphed, None
+    torch.manual_seed(6)
+    eager = inference.refine(model, z0, batch, batch.mask)
+    torch.testing.assert_close(after.z, eager.z, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_moe_ebm_trains_on_cuda_with_both_chains_captured(plugins, tiny_overrides, tmp_path, monkeypatch):
+    from mmgen.train import train
+
+    captured = []
+    capture = GraphedChain._capture
+
+    def counting(kernel, z0, steps, anneal_noise, inputs, rebind):
+        captured.append("posterior" if inputs else "prior")
+        return capture(kernel, z0, steps, anneal_noise, inputs, rebind)
+
+    monkeypatch.setattr(GraphedChain, "_capture", staticmethod(counting))
+    cfg = tiny_model(plugins, tiny_overrides, ["train.device=cuda", "train.epochs=2", "model.prior.name=ebm",
+                                               "model.prior.hidden=16", "model.inference.name=langevin",
+                                               "model.aggregator.name=moe"])[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(cfg, plugins, run_dir=tmp_path / "run")
+    assert not [w for w in caught if "CUDA graph capture failed" in str(w.message)]
+    assert "prior" in captured and "posterior" in captured
+    assert (run / "checkpoints" / "last.pt").exists() or any((run / "checkpoints").iterdir())

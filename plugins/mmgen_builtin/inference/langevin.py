@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mmgen.config import check_nonnegative, check_positive
-from mmgen.langevin import LangevinKernel, run_chain
+from mmgen.langevin import GraphedChain, LangevinKernel, run_chain
 from mmgen.latent import Inference, InferenceResult
 
 
@@ -28,6 +28,7 @@ class LangevinInferenceConfig:
     clip_grad: float = 0.0
     anneal_noise: bool = False
     generator_step: bool = True
+    cuda_graph: bool = True  # on CUDA, replay the chain (decoders' forward and backward) as one captured graph
 
     def __post_init__(self):
         check_positive(self, "step_size")
@@ -41,6 +42,7 @@ class LangevinInference(Inference):
         super().__init__()
         self.cfg = cfg
         self.generator_step = cfg.generator_step
+        self.graphed = GraphedChain() if cfg.cuda_graph else None
 
     def stabilize(self, factor: float) -> list[str]:
         old = self.cfg.step_size
@@ -51,10 +53,12 @@ class LangevinInference(Inference):
         """The unnormalised log posterior over the observed modalities, per chain, and a fused
         value-and-gradient when the prior has a closed-form gradient (only the decoders then go
         through autograd)."""
-        observed = batch.observed(mask)
+        return self._target(model, batch.x, mask, w, batch.observed(mask))
 
+    @staticmethod
+    def _target(model, x: list[Tensor], mask: Tensor, w: Tensor | None, observed: list[int]):
         def log_likelihood(z: Tensor) -> Tensor:
-            return (model.log_likelihood(batch.x, z, w, observed) * mask).sum(-1)
+            return (model.log_likelihood(x, z, w, observed) * mask).sum(-1)
 
         def log_prob(z: Tensor) -> Tensor:
             return model.prior.log_prob(z, frozen=True) + log_likelihood(z)
@@ -67,13 +71,28 @@ class LangevinInference(Inference):
                 (grad,) = torch.autograd.grad(ll.sum(), z)
             return prior_lp + ll.detach(), prior_grad + grad
 
-        probe = model.prior.log_prob_and_grad(batch.x[0].new_zeros(1, model.latent_dim))
+        probe = model.prior.log_prob_and_grad(x[0].new_zeros(1, model.latent_dim))
         return log_prob, (value_and_grad if probe is not None else None)
 
     def refine(self, model, z: Tensor, batch, mask: Tensor, w: Tensor | None = None,
                keep_chain: bool = False) -> InferenceResult:
-        log_prob, grad_fn = self.target(model, batch, mask, w)
+        observed = batch.observed(mask)
+        log_prob, grad_fn = self._target(model, batch.x, mask, w, observed)
         kernel = LangevinKernel(log_prob, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
-        result = run_chain(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
+        if self.graphed is not None and self.graphed.why_not(kernel, z, keep_chain) is None:
+            # The graph reads the batch from static copies and the weights by address.
+            inputs = (*batch.x, mask) if w is None else (*batch.x, mask, w)
+            m = len(batch.x)
+
+            def rebind(static: tuple[Tensor, ...]) -> LangevinKernel:
+                lp, fn = self._target(model, list(static[:m]), static[m], static[m + 1] if w is not None else None,
+                                      observed)
+                return LangevinKernel(lp, self.cfg.step_size, self.cfg.clip_grad, fn)
+
+            result = self.graphed(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain,
+                                  tensors=(*model.parameters(), *model.buffers()), inputs=inputs, rebind=rebind,
+                                  key=(tuple(observed), w is None))
+        else:
+            result = run_chain(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
         stats = {f"chain/{k}": v for k, v in result.stats.items()}
         return InferenceResult(result.z, stats, result.chain)
