@@ -126,10 +126,18 @@ def posterior_chain(plugins, recipe: str, batch: int, steps: int, repeats: int, 
             return model.prior.log_prob(z, frozen=True) + (model.log_likelihood(data.x, z, w) * given).sum(-1)
 
         naive_kernel = LangevinKernel(log_prob, model.inference.cfg.step_size)
+        graphed = model.inference.graphed
+        model.inference.graphed = None  # the fused gradient, run eagerly
         naive = timed(lambda: run_chain(naive_kernel, z0, steps), repeats, device)
         fast = timed(lambda: model.inference.refine(model, z0, data, given, w), repeats, device)
         rows[name] = {"naive_us_per_step": naive / steps * 1e6, "fast_us_per_step": fast / steps * 1e6,
                       "fast_over_naive": fast / naive}
+        model.inference.graphed = graphed
+        if device.type == "cuda" and graphed is not None:  # the same chain replayed as one CUDA graph
+            model.inference.refine(model, z0, data, given, w)  # the capture, untimed
+            t = timed(lambda: model.inference.refine(model, z0, data, given, w), repeats, device)
+            rows[name].update(graphed_us_per_step=t / steps * 1e6, graphed_over_naive=t / naive,
+                              graph_fallback=graphed.fallback_reason)
     return {"chain": "posterior", "recipe": recipe, "batch": batch, "steps": steps, "given": rows}
 
 
@@ -144,12 +152,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe", default="moe-ebm-mmvaeplus")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: cpu, and cuda when available")
     parser.add_argument("--json", type=Path, default=HERE / "results" / f"langevin-{platform.node() or 'host'}.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     plugins = create_plugin_manager()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.devices:
+        devices = [torch.device(d) for d in args.devices]
     results = []
     for device in devices:
         for activation in args.activations:
@@ -171,7 +182,9 @@ def main() -> None:
         results.append({"device": str(device), **r})
         for given, g in r["given"].items():
             print(f"{device} posterior ({args.recipe}, given {given}) naive {g['naive_us_per_step']:8.1f} us/step"
-                  f"  fast {g['fast_us_per_step']:8.1f} us/step  fast/naive {g['fast_over_naive']:.2f}")
+                  f"  fast {g['fast_us_per_step']:8.1f} us/step  fast/naive {g['fast_over_naive']:.2f}"
+                  + (f"  graphed {g['graphed_us_per_step']:8.1f} us/step  graphed/naive {g['graphed_over_naive']:.3f}"
+                     if "graphed_us_per_step" in g else ""))
     record = {"command": "python " + " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "results": results}

@@ -54,7 +54,7 @@ from throughput import cpu_name  # noqa: E402
 
 
 def mmgen_config(args, plugins, out: str = "", max_steps: int = 0) -> dict:
-    overrides = [f"train.batch_size={args.batch_size}", "train.device=cpu", f"model.latent_dim={args.latent_dim}",
+    overrides = [f"train.batch_size={args.batch_size}", f"train.device={args.device}", f"model.latent_dim={args.latent_dim}",
                  f"model.private_dim={args.latent_dim}", "model.objective.name=iwae", "model.objective.k=1",
                  "model.objective.looser=true", "model.objective.beta=2.5"]
     if max_steps:
@@ -116,9 +116,12 @@ def model_steps(args, cfg, plugins, train_set, names) -> dict:
     """The alternating model-step loop; returns per-library ms/step lists."""
     from multivae.data.datasets.base import DatasetOutput
 
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(cfg["seed"])
     ours = build_model(cfg, plugins.registry, train_set.modalities)
-    peer = multivae_model(ours, names, [s.shape for s in train_set.modalities], args.latent_dim)
+    peer = multivae_model(ours, names, [s.shape for s in train_set.modalities], args.latent_dim).to(device)
+    ours.to(device)
     opt_ours = make_optimizer(ours, cfg["train"])
     opt_peer = torch.optim.Adam(peer.parameters(), lr=cfg["train"]["lr"], amsgrad=True)
     ours.train(), peer.train()
@@ -127,19 +130,22 @@ def model_steps(args, cfg, plugins, train_set, names) -> dict:
     times = {"mmgen": [], "multivae": []}
     for i in range(args.steps + args.warmup):
         idx = torch.arange(i * args.batch_size, (i + 1) * args.batch_size)
-        # mmgen: uint8 batch, normalised as the training loop does.
+        # mmgen: uint8 batch, moved and normalised on the device as the training loop does.
+        sync()
         t0 = time.perf_counter()
-        out = ours(train_set.batch(idx).to("cpu"))
+        out = ours(train_set.batch(idx).to(device))
         out.loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
+        sync()
         t1 = time.perf_counter()
-        # MultiVae: a float32 batch as its DataLoader hands it over.
-        inputs = DatasetOutput(data={name: peer_data[name][idx] for name in names})
+        # MultiVae: a float32 batch as its DataLoader hands it over, moved as its trainer does.
+        inputs = DatasetOutput(data={name: peer_data[name][idx].to(device) for name in names})
         loss = peer(inputs).loss
         loss.backward()
         opt_peer.step()
         opt_peer.zero_grad(set_to_none=True)
+        sync()
         t2 = time.perf_counter()
         if i >= args.warmup:
             times["mmgen"].append(t1 - t0)
@@ -165,7 +171,7 @@ def trainer_runs(args, plugins, train_set, names) -> dict:
         peer = multivae_model(ours, names, [s.shape for s in train_set.modalities], args.latent_dim)
         tcfg = BaseTrainerConfig(output_dir=f"{tmp}/multivae-run", per_device_train_batch_size=args.batch_size,
                                  num_epochs=1, learning_rate=cfg["train"]["lr"], optimizer_cls="Adam",
-                                 optimizer_params={"amsgrad": True}, no_cuda=True, seed=cfg["seed"])
+                                 optimizer_params={"amsgrad": True}, no_cuda=args.device == "cpu", seed=cfg["seed"])
         t0 = time.perf_counter()
         trainer = BaseTrainer(peer, train_dataset=float_dataset(train_set, names, n), training_config=tcfg)
         trainer.train()
@@ -180,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent-dim", type=int, default=32, help="size of z and of each w_m")
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per library")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both libraries train")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--skip-trainers", action="store_true", help="only the model-step comparison")
     parser.add_argument("--json", default=None)
@@ -188,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         import multivae  # noqa: F401
     except ImportError:
         sys.exit("error: this benchmark needs MultiVae: pip install multivae")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -229,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "multivae": getattr(mv, "__version__", "1.0.3"),
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "data": args.data,
         "batch_size": args.batch_size,
         "steps": args.steps,
