@@ -25,7 +25,7 @@ def test_throughput_script_times_and_profiles_a_recipe(tmp_path):
     out = tmp_path / "throughput.json"
     overrides = [o for o in TINY if not o.startswith(("name=", "train.batch_size="))]
     stdout = run_script("throughput.py", "--recipes", "mvae", "--batch-size", "8", "--steps", "2", "--warmup", "1",
-                        "--threads", "1", "--profile", "1", "--json", str(out), *overrides)
+                        "--devices", "cpu", "--threads", "1", "--profile", "1", "--json", str(out), *overrides)
     report = json.loads(out.read_text())
     (row,) = report["results"]
     assert row["recipe"] == "mvae" and row["batch_size"] == 8 and row["steps"] == 2
@@ -40,7 +40,7 @@ def test_throughput_script_times_and_profiles_a_recipe(tmp_path):
 
 def test_langevin_script_prior_rows(tmp_path):
     out = tmp_path / "langevin.json"
-    run_script("langevin.py", "--threads", "1", "--repeats", "1", "--no-posterior", "--dims", "4",
+    run_script("langevin.py", "--devices", "cpu", "--threads", "1", "--repeats", "1", "--no-posterior", "--dims", "4",
                "--prior-batches", "8", "--activations", "gelu", "leaky_relu", "--json", str(out))
     report = json.loads(out.read_text())
     assert "--no-posterior" in report["command"]
