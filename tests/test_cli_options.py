@@ -121,6 +121,15 @@ def test_sample_given_writes_the_chosen_inputs_then_every_modality(run, test_ima
     assert size(out / "chain-posterior.png") == grid_size(M, chain_columns(POSTERIOR_STEPS + 1, max(1, 2 // 3)))
 
 
+def test_sample_given_counts_a_repeated_name_once(run, test_images, tmp_path):
+    # {m0, m1} is a proper subset of three modalities, however often m1 is named; m1's input row
+    # appears once in cross.png.
+    result = invoke("sample", run, "--given", "m0,m1,m1", "--n", "4", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert size(tmp_path / "cross.png") == grid_size(2 + M, 4)
+    assert np.array_equal(tile(tmp_path / "cross.png", 1, 0), test_images[1][0])
+
+
 def test_sample_without_given_conditions_on_each_modality_in_turn(run, test_images, tmp_path):
     result = invoke("sample", run, "--n", "4", "--chain", "--every", "6", "--out", tmp_path)
     assert result.exit_code == 0, result.output

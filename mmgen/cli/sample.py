@@ -43,7 +43,7 @@ def sample(
     names = [m.name for m in loaded.model.modalities]
     given_idx = None
     if given:
-        wanted = [g.strip() for g in given.split(",") if g.strip()]
+        wanted = list(dict.fromkeys(g.strip() for g in given.split(",") if g.strip()))  # repeats once
         unknown = [g for g in wanted if g not in names]
         if unknown or len(wanted) >= len(names):
             raise MMGenError(f"--given: {', '.join(unknown) or given} invalid; choose a proper subset of {', '.join(names)}")
