@@ -249,7 +249,7 @@ def test_fid_runs_with_a_weights_file(tmp_path):
 def test_memoized_encoders_change_nothing_but_speed(plugins, tiny_overrides, monkeypatch):
     import contextlib
 
-    import mmgen.evaluation as ev
+    import mmgen.evaluation.context as ev  # where EvalContext.cross looks memoized_encoders up
     from mmgen.train import load_datasets
     from tests.helpers import tiny_model
 

@@ -1,0 +1,37 @@
+"""The evaluation engine (SPEC section 3): metrics are plugins, this package runs them.
+
+A metric is registered through ``register_metrics`` as ``factory(cfg) -> Metric`` and called
+with an :class:`EvalContext`. The context owns what several metrics share and computes each at
+most once, in batches on the evaluation device:
+
+- the *joint pass*: N unconditional samples (prior Langevin for an EBM prior), each modality's
+  predicted class and the running moments of its classifier features (joint coherence, FD);
+- the *cross pass*: for every proper non-empty subset S of modalities and every test tuple, the
+  targets t not in S generated from x_S, their predicted classes and feature moments (cross
+  coherence, conditional FD);
+- the real test images' feature moments (the FD reference).
+
+Each pass reseeds the random stream from the evaluation seed, so a number does not depend on
+which metrics ran before it, and the whole evaluation runs in a forked RNG so that evaluating
+during training leaves the training run's random stream untouched.
+
+:mod:`.metric` holds the metric contract and the shared numerics (moments, Fréchet distance,
+accuracies), :mod:`.context` the context and its passes; :mod:`.selection` turns metric names and
+options into metrics through the registry, and :mod:`.driver` runs them (:func:`evaluate`), writes
+the report and evaluates during training. Everything is importable from ``mmgen.evaluation``.
+"""
+
+from __future__ import annotations
+
+from mmgen.evaluation.context import CrossPass, EvalContext, JointPass, memoized_encoders
+from mmgen.evaluation.driver import EvalResult, evaluate, evaluate_during_training, evaluate_run, jsonable, write_report
+from mmgen.evaluation.metric import (Metric, MetricSkipped, Moments, accuracy, coherence_pairs, conditioning_subsets,
+                                     frechet_distance, moments_distance, nanmean)
+from mmgen.evaluation.selection import (DEFAULT_METRICS, build_metrics, check_metric_names, metric_config,
+                                        metric_options_used, metric_outputs, parse_metric_names)
+
+__all__ = ["DEFAULT_METRICS", "CrossPass", "EvalContext", "EvalResult", "JointPass", "Metric", "MetricSkipped", "Moments",
+           "accuracy", "build_metrics", "check_metric_names", "coherence_pairs", "conditioning_subsets", "evaluate",
+           "evaluate_during_training", "evaluate_run", "frechet_distance", "jsonable", "memoized_encoders",
+           "metric_config", "metric_options_used", "metric_outputs", "moments_distance", "nanmean",
+           "parse_metric_names", "write_report"]

@@ -1,0 +1,90 @@
+"""Choosing metrics: names parsed and checked against the registry, options checked, metrics built."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmgen.errors import MMGenError, did_you_mean
+from mmgen.evaluation.metric import Metric
+from mmgen.registry import Registry
+
+#: What ``mmgen evaluate`` runs when ``--metrics`` is not given, in this order (others on request).
+DEFAULT_METRICS = ("cross_coherence", "joint_coherence", "fd", "fid", "probe", "nll")
+
+
+def parse_metric_names(text: str | None, registry: Registry) -> list[str]:
+    """``"a,b"`` -> names, each checked against the registry (default: every registered metric)."""
+    available = registry.names("metric")
+    if not text:
+        ordered = [m for m in DEFAULT_METRICS if m in available]
+        return ordered + [m for m in available if m not in ordered]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        if name not in available:
+            raise MMGenError(f"--metrics: unknown metric '{name}'{did_you_mean(name, available)}; "
+                             f"registered metrics: {', '.join(available) or '(none)'}")
+    return list(dict.fromkeys(names))
+
+
+def check_metric_names(registry: Registry, names: Sequence[str]) -> list[str]:
+    """Config-validation helper: one error line per unknown metric name (empty when all are known)."""
+    available = registry.names("metric")
+    return [f"unknown metric '{n}'{did_you_mean(str(n), available)}; registered metrics: {', '.join(available)}"
+            for n in names if n not in available]
+
+
+def metric_outputs(registry: Registry, name: str) -> tuple[str, ...]:
+    """The keys metric ``name`` declares it reports (:attr:`Metric.outputs`; empty: not declared)."""
+    return tuple(getattr(registry.get("metric", name).factory, "outputs", ()) or ())
+
+
+def metric_config(registry: Registry, name: str, params: dict[str, Any]) -> Any:
+    """Instantiate metric ``name``'s config dataclass from ``params``; unknown keys are errors."""
+    component = registry.get("metric", name)
+    if component.config is None:
+        if params:
+            raise MMGenError(f"metric '{name}' takes no options, got {', '.join(params)}")
+        return None
+    valid = [f.name for f in dataclasses.fields(component.config)]
+    for key in params:
+        if key not in valid:
+            raise MMGenError(f"{name}.{key}: unknown option{did_you_mean(str(key), valid)}; "
+                             f"valid options of metric '{name}': {', '.join(valid)}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(component.config), params))
+    except OmegaConfBaseException as exc:
+        raise MMGenError(f"metric '{name}': invalid option ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # the config's own range checks ("k: must be > 0, got 0")
+        raise MMGenError(f"{name}.{exc}") from None
+
+
+def build_metrics(registry: Registry, names: Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> list[Metric]:
+    """Build the named metrics through the registry; ``options[name]`` configures each."""
+    options = dict(options or {})
+    stray = [k for k in options if k not in names]
+    if stray:
+        raise MMGenError(f"options given for metric '{stray[0]}', which is not being run (running: {', '.join(names)})")
+    metrics = []
+    for name in names:
+        params = options.get(name) or {}
+        if not isinstance(params, dict):
+            raise MMGenError(f"metric options must look like {name}.key=value, got {name}={params!r}")
+        metric = registry.get("metric", name).factory(metric_config(registry, name, params))
+        metric.name = name
+        metrics.append(metric)
+    return metrics
+
+
+def metric_options_used(metrics: Sequence[Metric]) -> dict[str, Any]:
+    """Each metric's resolved options (its ``cfg`` dataclass, when it keeps one), for reports."""
+    out = {}
+    for m in metrics:
+        cfg = getattr(m, "cfg", None)
+        out[m.name] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    return out
+
