@@ -84,3 +84,11 @@ def test_validate_and_config_show_reject_nan_lr_and_betas_in_one_line(app, tmp_p
     result = invoke(app, "config", "show", "--recipe", "mopoe", "train.lr=nan")
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: config: train.lr: must be a finite number > 0, got nan"]
+
+
+def test_validate_refuses_a_resnet_without_channels_in_one_line(app, tmp_path):
+    bad = tmp_path / "resnet.yaml"
+    bad.write_text("model:\n  encoder: {name: resnet, hidden: 0}\n")
+    result = invoke(app, "validate", str(bad))  # was "ok", then a traceback from Conv2d in train
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == ["error: config: model.encoder.hidden: must be > 0, got 0"]

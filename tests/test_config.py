@@ -187,3 +187,18 @@ def test_zero_epochs_is_rejected_even_with_max_steps(plugins):
 def test_objective_options_are_range_checked(plugins, overrides, error):
     assert errors_of(plugins, *overrides) == [error]
     assert errors_of(plugins, "model.objective.beta=0") == []  # no KL weight: a plain autoencoder bound
+
+
+@pytest.mark.parametrize("section", ["encoder", "decoder"])
+@pytest.mark.parametrize("option, error", [
+    ("hidden=0", "hidden: must be > 0, got 0"),  # was a traceback from Conv2d when the model was built
+    ("hidden=-8", "hidden: must be > 0, got -8"),
+    ("max_channels=0", "max_channels: must be > 0, got 0"),
+    ("downsamples=-1", "downsamples: must be >= 0, got -1"),  # was an IndexError (no widths) at build time
+    ("residual_scale=nan", "residual_scale: must be a finite number, got nan"),
+])
+def test_resnet_options_are_range_checked(plugins, section, option, error):
+    name = f"model.{section}.name=resnet"
+    assert errors_of(plugins, name, f"model.{section}.{option}") == [f"model.{section}.{error}"]
+    # 0 downsamplings (one resolution) and a zero residual branch still build a network.
+    assert errors_of(plugins, name, f"model.{section}.downsamples=0", f"model.{section}.residual_scale=0") == []

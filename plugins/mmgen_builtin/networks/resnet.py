@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mmgen.config import check_finite, check_nonnegative, check_positive
+
 
 @dataclass
 class ResNetConfig:
@@ -29,6 +31,11 @@ class ResNetConfig:
     max_channels: int = 512
     downsamples: int = 2
     residual_scale: float = 0.1
+
+    def __post_init__(self):
+        check_positive(self, "hidden", "max_channels")
+        check_nonnegative(self, "downsamples")  # 0: one resolution, no pooling or upsampling
+        check_finite(self, "residual_scale")
 
 
 class ResidualBlock(nn.Module):
