@@ -69,6 +69,29 @@ def test_plugin_commands_are_added(example_installed):
     assert "gmm prior: 24 parameters" in result.output
 
 
+@pytest.mark.parametrize("args, error", [
+    (["--dim", "-3"], "error: --dim: must be > 0, got -3"),  # was torch's negative-dimension traceback
+    (["--dim", "0"], "error: --dim: must be > 0, got 0"),
+    (["--components", "0"], "error: --components: must be > 0, got 0"),
+])
+def test_plugin_command_refuses_bad_sizes_in_one_line(example_installed, args, error):
+    result = CliRunner().invoke(create_app(), ["example-prior-info", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [error]
+
+
+def test_example_prior_options_are_range_checked(example_installed):
+    from mmgen.config import compose, resolve
+    from mmgen.errors import ConfigError
+
+    registry = create_plugin_manager().registry
+    for option, error in [("components=0", "model.prior.components: must be > 0, got 0"),  # was math.log(0) in training
+                          ("init_scale=nan", "model.prior.init_scale: must be a finite number, got nan")]:
+        with pytest.raises(ConfigError) as info:
+            resolve(compose(overrides=["model.prior.name=gmm", f"model.prior.{option}"]), registry)
+        assert info.value.errors == [error]
+
+
 def test_broken_plugin_warns_once_and_everything_else_works(site):
     fake_distribution(site, "mmgen-testplugin-broken", {"broken": "mmgen_testplugin_broken"},
                       {"mmgen_testplugin_broken": "raise ImportError('needs libfoo')\n"})

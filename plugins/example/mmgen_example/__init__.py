@@ -2,7 +2,8 @@
 
 Everything a plugin does goes through hooks: ``register_priors`` receives a ``register``
 callable, and the prior's config dataclass makes its options (``components``, ``init_scale``)
-valid config keys, e.g. ``mmgen train --prior gmm model.prior.components=20``.
+valid config keys, e.g. ``mmgen train --prior gmm model.prior.components=20``. Its
+``__post_init__`` range-checks them, so ``model.prior.components=0`` is a one-line config error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mmgen.config import check_finite, check_positive, range_error
+from mmgen.errors import MMGenError
 from mmgen.hookspecs import hookimpl
 from mmgen.latent import Prior
 
@@ -25,6 +28,10 @@ class GMMPriorConfig:
 
     components: int = 10
     init_scale: float = 1.0
+
+    def __post_init__(self):
+        check_positive(self, "components")
+        check_finite(self, "init_scale")
 
 
 class GMMPrior(Prior):
@@ -53,8 +60,14 @@ def register_priors(register):
 
 @hookimpl
 def register_commands(cli):
+    from mmgen.cli.common import user_errors  # an MMGenError becomes `error: ...`, exit 2, no traceback
+
     @cli.command("example-prior-info")
+    @user_errors
     def example_prior_info(components: int = 10, dim: int = 2) -> None:
         """Print the example GMM prior's parameter count (shows how plugins add commands)."""
+        for option, value in (("--components", components), ("--dim", dim)):
+            if error := range_error(option, value, positive=True):
+                raise MMGenError(error)
         prior = GMMPrior(GMMPriorConfig(components=components), dim)
         print(f"gmm prior: {sum(p.numel() for p in prior.parameters())} parameters")
