@@ -333,6 +333,27 @@ def test_columns_curves_cross_given_and_metric_options_are_checked_before_anythi
                        "{curves: [grad_norm, prior/loss, inference/chain/displacement], cross_given: [1]}") == []
 
 
+def test_column_indices_are_checked_against_the_number_of_modalities(tmp_path):
+    # The tiny bench has 2 modalities: mean_by_size has one entry (|S| = 1), the matrix is 2 x 2.
+    columns = ("cross_coherence/mean_by_size/0, cross_coherence/mean_by_size/7, cross_coherence/matrix_1to1/1/0, "
+               "cross_coherence/matrix_1to1/0/2, {key: cross_coherence/mean_by_size, label: by size}, nll/nll")
+    assert plan_errors(tmp_path, f", columns: [{columns}]") == [  # were empty columns, found after training
+        "evaluate.columns[1]: 'cross_coherence/mean_by_size/7': index 7 is out of range; "
+        "mean_by_size has 1 entry with 2 modalities (valid: 0..0)",
+        "evaluate.columns[3]: 'cross_coherence/matrix_1to1/0/2': index 2 is out of range; "
+        "matrix_1to1 is 2 x 2 with 2 modalities (valid: 0..1)",
+        "evaluate.columns[4]: 'cross_coherence/mean_by_size' is a list, not a number (mean_by_size has 1 entry "
+        "with 2 modalities); pick an entry: cross_coherence/mean_by_size/<0..0>",
+    ]
+    bench = write(tmp_path, TINY_BENCH % (", columns: [cross_coherence/mean_by_size/7]", "{}", ""))
+    result = invoke("bench", bench, "--dry-run")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: config: {bench}: evaluate.columns[0]: 'cross_coherence/mean_by_size/7': index 7 is out of range; "
+        "mean_by_size has 1 entry with 2 modalities (valid: 0..0)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_metric_curves_need_a_periodic_evaluation_of_that_metric(tmp_path):
     periodic = ", overrides: [train.eval_every=1, 'train.eval_metrics=[joint_coherence]']"
     assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherence]}", run=periodic) == []
@@ -370,3 +391,10 @@ def test_cross_given_is_checked_against_the_loaded_data_before_training(tmp_path
     assert code == 1
     assert "error: report.cross_given: modality 5 does not exist (the data has 2 modalities; valid: 0..1)" \
         in capsys.readouterr().out
+    # So are the indices of the table's columns.
+    columns = ["cross_coherence/mean_1to1", "fd/unconditional/1", "fd/unconditional/2"]
+    assert worker.check_column_indices(columns, plugins.registry, cfg["data"]) == []  # unknown count
+    code = worker.prepare_classifiers(None, cfg, None, str(tmp_path / "prepare.log"), [0], columns)
+    assert code == 1
+    assert "error: evaluate.columns[2]: 'fd/unconditional/2': index 2 is out of range; unconditional has 2 entries " \
+           "with 2 modalities (valid: 0..1)" in capsys.readouterr().out

@@ -335,3 +335,26 @@ def test_declared_outputs_cover_what_the_metrics_report():
         declared = reg.get("metric", name).factory.outputs
         assert declared and set(out[name]) <= set(declared), name
     assert set(out["fd"]) == set(reg.get("metric", "fd").factory.outputs)  # conditional FD on
+
+
+def _shape(value) -> tuple[int, ...]:
+    """The lengths of a (nested) list per level, down to its first non-list entry."""
+    return (len(value), *_shape(value[0])) if isinstance(value, list) and value else ()
+
+
+@pytest.mark.parametrize("M", [2, 3])
+def test_declared_output_shapes_match_what_the_metrics_report(M):
+    # A bench column's index into a list output (cross_coherence/mean_by_size/1) is checked
+    # against Metric.output_shapes before anything runs; a wrong declaration would refuse a valid one.
+    data = dataset(BALANCED[:40], M)
+    reg = _registry()
+    names = ["cross_coherence", "fd"]  # probe's: tests/test_metric_numerics.py (it needs an encoder)
+    out = evaluate(HandMadeModel(M, "shuffle"), data, data, build_metrics(reg, names), classifiers=reader_set(M),
+                   n=20, progress=False).metrics
+    for name in names:
+        shapes = reg.get("metric", name).factory.output_shapes(M)
+        assert shapes and set(shapes) <= set(reg.get("metric", name).factory.outputs), name
+        lists = {k for k, v in out[name].items() if isinstance(v, list)}
+        assert set(shapes) == lists, name  # every list output is declared, and nothing else
+        for key, shape in shapes.items():
+            assert _shape(out[name][key])[:len(shape)] == shape, (name, key)

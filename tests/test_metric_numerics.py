@@ -287,6 +287,8 @@ def test_probe_reads_a_one_hot_latent_perfectly_and_noise_at_chance(plugins):
     assert out["n_train"] == 300 and out["n_test"] == 400
     assert out["accuracy"] == 1.0 and out["balanced_accuracy"] == 1.0  # all modalities: the label is there
     label_alone, noise_alone = out["per_modality"]
+    declared = plugins.registry.get("metric", "probe").factory.output_shapes(2)  # checks bench columns' indices
+    assert declared == {k: (len(v),) for k, v in out.items() if isinstance(v, list)}
     assert label_alone == 1.0 and out["per_modality_balanced"][0] == 1.0
     # Modality 1 alone: the label code is blanked, four noise pixels remain. Chance is 0.1
     # (standard error 0.015 on 400 tuples).

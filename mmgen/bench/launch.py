@@ -237,15 +237,18 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
         console.print(f"[cyan]started[/] {task.label} ({where}; log {task.log})")
 
     if plan.metrics:
-        # Once per dataset and classifier settings: a re-run (or a Slurm re-submission) skips it.
+        # Once per dataset, classifier settings and what the loaded data checks (cross_given, the
+        # columns' indices): a re-run (or a Slurm re-submission) skips it.
         log, marker = plan.bench_dir / "prepare.log", plan.bench_dir / "prepare.json"
         settings, given = plan.spec.evaluate["classifiers"], plan.spec.report["cross_given"]
+        columns = [c.key for c in plan.columns]
         key = _digest({"data": todo[0].config["data"], "plugins": todo[0].config.get("plugins"), "classifiers": settings,
-                       "cross_given": given})
+                       "cross_given": given, "columns": columns})
         path = str(plan.classifiers_path.resolve()) if plan.classifiers_path else None
         done_before = (read_json_file(marker) or {}).get("key") == key and (path is None or Path(path).is_file())
         if not done_before:
-            prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve()), given), log)
+            prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve()), given, columns),
+                        log)
             codes = launcher.run([prep], started, lambda t, c: None)
             if codes.get("prepare") != 0:
                 raise MMGenError(f"preparing the data and classifiers failed: {_last_error(log)} (see {log})")

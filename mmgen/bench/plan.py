@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from mmgen.bench.report import Column, check_curves, parse_columns
+from mmgen.bench.report import Column, check_curves, check_indices, parse_columns
 from mmgen.bench.spec import BenchSpec, CONFIG_FILE, RunSpec, STATE_FILE
 from mmgen.checkpoint import atomic_write_text
 from mmgen.config import COMPONENT_SECTIONS, RunConfig, compose, parse_overrides, resolve
@@ -252,6 +252,9 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
     errors += [f"{spec.path}: {e}" for e in check_curves(spec.report["curves"], periodic)]
     if configs:  # every run has the same data
         errors += [f"{spec.path}: {e}" for e in check_cross_given(spec.report["cross_given"], configs[0]["data"])]
+        if not column_errors:  # then columns[i] is the file's columns[i]
+            keys = [c.key for c in columns]
+            errors += [f"{spec.path}: {e}" for e in check_column_indices(keys, registry, configs[0]["data"])]
     if errors:
         raise ConfigError(errors)
     ev_settings = eval_settings(spec, metrics)
@@ -267,18 +270,41 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
     return Plan(spec, bench_dir, planned, metrics, columns, classifiers)
 
 
-def check_cross_given(given: Sequence[int], data: dict[str, Any], modalities: int | None = None) -> list[str]:
-    """An error line when ``report.cross_given`` names a modality the data lacks. The count is
-    ``modalities`` when known (the loaded data), else the data config's ``modalities`` when it sets
-    a positive one; otherwise (e.g. every modality on disk) it is checked once the data is loaded."""
+def modality_count(data: dict[str, Any], modalities: int | None = None) -> int | None:
+    """``modalities`` when known (the loaded data), else the data config's ``modalities`` when it
+    sets a positive one; otherwise (e.g. every modality on disk) None: known once the data loads."""
     count = modalities if modalities is not None else data.get("modalities")
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        return None
+    return count
+
+
+def check_cross_given(given: Sequence[int], data: dict[str, Any], modalities: int | None = None) -> list[str]:
+    """An error line when ``report.cross_given`` names a modality the data lacks (unchecked while
+    the count is unknown: :func:`modality_count`)."""
+    count = modality_count(data, modalities)
+    if count is None:
         return []
     bad = [g for g in given if g >= count]
     if not bad:
         return []
     return [f"report.cross_given: modality {bad[0]} does not exist (the data has {count} modalities; "
             f"valid: 0..{count - 1})"]
+
+
+def check_column_indices(keys: Sequence[str], registry: Any, data: dict[str, Any],
+                         modalities: int | None = None) -> list[str]:
+    """Error lines for ``evaluate.columns`` entries (``keys``, in the file's order) whose index
+    into a list-valued metric output is out of range for the data's number of modalities
+    (unchecked while the count is unknown: :func:`modality_count`)."""
+    from mmgen.evaluation import metric_output_shapes
+
+    count = modality_count(data, modalities)
+    if count is None:
+        return []
+    known = set(registry.names("metric"))
+    shapes = {m: metric_output_shapes(registry, m, count) for m in {k.split("/")[0] for k in keys} if m in known}
+    return check_indices(keys, shapes, count)
 
 
 def train_args(p: PlannedRun) -> list[str]:

@@ -117,6 +117,34 @@ def _unreported(key: str, declared: Sequence[str]) -> str | None:
             f"it reports: {', '.join(declared)}")
 
 
+def check_indices(keys: Sequence[str], shapes: dict[str, dict[str, tuple[int, ...]]], modalities: int,
+                  where: str = "evaluate.columns") -> list[str]:
+    """One error line per column ``metric/key/i[/j]`` whose index lies outside the list ``key``
+    holds with ``modalities`` modalities, or that names such a list without an index (a column
+    that could only ever be empty). ``shapes`` maps a metric to :meth:`Metric.output_shapes`;
+    a key it does not list is not checked. ``keys`` are in the bench file's order."""
+    errors = []
+    for i, key in enumerate(keys):
+        metric, _, rest = key.partition("/")
+        sub, *indices = rest.split("/")
+        shape = shapes.get(metric, {}).get(sub)
+        if not shape:
+            continue
+        holds = (f"{sub} has {shape[0]} entr{'y' if shape[0] == 1 else 'ies'}" if len(shape) == 1
+                 else f"{sub} is {' x '.join(map(str, shape))}") + f" with {modalities} modalities"
+        for part, n in zip(indices, shape):
+            if not (part.isdigit() and int(part) < n):
+                errors.append(f"{where}[{i}]: '{key}': index {part} is out of range; {holds} "
+                              f"(valid: {f'0..{n - 1}' if n else 'none'})")
+                break
+        else:
+            if len(indices) < len(shape):
+                more = "".join(f"/<0..{n - 1}>" for n in shape[len(indices):])
+                errors.append(f"{where}[{i}]: '{key}' is a list, not a number ({holds}); "
+                              f"pick an entry: {key}{more}")
+    return errors
+
+
 def check_curves(curves: Sequence[str], periodic: dict[str, Sequence[str]], where: str = "report.curves") -> list[str]:
     """One error line per ``report.curves`` entry that no run can log: a curve is a training
     statistic (:data:`LOOP_STATS`, or ``objective/...``, ``prior/...``, ``inference/...``) or

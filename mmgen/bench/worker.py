@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mmgen.bench.plan import check_cross_given, read_state, write_state
+from mmgen.bench.plan import check_column_indices, check_cross_given, read_state, write_state
 from mmgen.bench.spec import CROSS_FILE, LOG_FILE, PARENT_ENV
 from mmgen.errors import MMGenError
 
@@ -171,11 +171,12 @@ def execute_run(run_dir: str, cwd: str | None = None, env: dict[str, str] | None
 
 
 def prepare_classifiers(path: str | None, cfg: dict[str, Any], settings: dict[str, Any] | None, log: str,
-                        cross_given: Sequence[int] = (), cwd: str | None = None, env: dict[str, str] | None = None,
-                        threads: int = 0) -> int:
+                        cross_given: Sequence[int] = (), columns: Sequence[str] = (), cwd: str | None = None,
+                        env: dict[str, str] | None = None, threads: int = 0) -> int:
     """Build the dataset and the digit classifiers once, before the runs (so parallel evaluations
     do not each train them). ``path`` None: the shared cache with the default settings. The
-    loaded data also checks ``report.cross_given`` where the config alone could not tell."""
+    loaded data also checks ``report.cross_given`` and the indices of the table's ``columns``
+    (their keys, in the bench file's order) where the config alone could not tell."""
     _enter(cwd, env, threads, Path(log))
     try:
         from mmgen.classifiers import ClassifierConfig, default_path, ensure_classifiers, load_classifiers
@@ -184,7 +185,9 @@ def prepare_classifiers(path: str | None, cfg: dict[str, Any], settings: dict[st
 
         plugins = create_plugin_manager([str(m) for m in cfg.get("plugins") or []])
         train_set, test_set = load_datasets(cfg, plugins)
-        if errors := check_cross_given(cross_given, cfg["data"], len(train_set.modalities)):
+        count = len(train_set.modalities)
+        if errors := [*check_cross_given(cross_given, cfg["data"], count),
+                      *check_column_indices(columns, plugins.registry, cfg["data"], count)]:
             raise MMGenError(errors[0])
         target = Path(path) if path else default_path(train_set)
         if target.is_file():

@@ -45,6 +45,14 @@ class Metric(abc.ABC):
     #: checked before anything runs; empty (not declared): any key is accepted.
     outputs: tuple[str, ...] = ()
 
+    @classmethod
+    def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:
+        """The length of each list-valued output with ``num_modalities`` modalities, per level of
+        nesting (``(M,)``: a number per modality, ``(M, M)``: a matrix), so that a bench file's
+        index into it (``metric/key/i``) is checked before anything runs. An output left out
+        (the default: all) is not checked."""
+        return {}
+
     @abc.abstractmethod
     def __call__(self, ctx: EvalContext) -> dict[str, Any]:
         """Compute the metric on ``ctx``."""

@@ -43,6 +43,13 @@ def metric_outputs(registry: Registry, name: str) -> tuple[str, ...]:
     return tuple(getattr(registry.get("metric", name).factory, "outputs", ()) or ())
 
 
+def metric_output_shapes(registry: Registry, name: str, num_modalities: int) -> dict[str, tuple[int, ...]]:
+    """The lengths of metric ``name``'s list-valued outputs with ``num_modalities`` modalities
+    (:meth:`Metric.output_shapes`; empty: not declared)."""
+    shapes = getattr(registry.get("metric", name).factory, "output_shapes", None)
+    return dict(shapes(num_modalities)) if callable(shapes) else {}
+
+
 def metric_config(registry: Registry, name: str, params: dict[str, Any]) -> Any:
     """Instantiate metric ``name``'s config dataclass from ``params``; unknown keys are errors."""
     component = registry.get("metric", name)

@@ -26,6 +26,13 @@ class CrossCoherence(Metric):
     outputs = ("mean_1to1", "mean_1to1_balanced", "mean_by_size", "mean_by_size_balanced", "matrix_1to1",
                "matrix_1to1_balanced", "pairs", "n_test")
 
+    @classmethod
+    def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:
+        m = num_modalities
+        pairs = m * (2 ** (m - 1) - 1)  # len(coherence_pairs(m)): each target, each non-empty subset of the others
+        return {"mean_by_size": (m - 1,), "mean_by_size_balanced": (m - 1,), "matrix_1to1": (m, m),
+                "matrix_1to1_balanced": (m, m), "pairs": (pairs,)}
+
     def __init__(self, cfg: None = None):
         self.cfg = cfg
 

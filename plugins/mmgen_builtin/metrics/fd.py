@@ -33,6 +33,11 @@ class FrechetDistance(Metric):
     outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "conditional_by_size",
                "n_generated", "n_real")
 
+    @classmethod
+    def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:
+        m = num_modalities
+        return {"unconditional": (m,), "conditional": (m,), "conditional_by_size": (m - 1,)}
+
     def __init__(self, cfg: FDConfig | None = None):
         self.cfg = cfg or FDConfig()
 

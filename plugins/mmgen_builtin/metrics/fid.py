@@ -235,6 +235,10 @@ class InceptionFID(Metric):
     outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "n_generated", "n_real",
                "network")
 
+    @classmethod
+    def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:
+        return {"unconditional": (num_modalities,), "conditional": (num_modalities,)}
+
     def __init__(self, cfg: FIDConfig | None = None):
         self.cfg = cfg or FIDConfig()
 

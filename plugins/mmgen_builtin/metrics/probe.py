@@ -71,6 +71,10 @@ class LatentProbe(Metric):
     outputs = ("accuracy", "balanced_accuracy", "per_modality", "per_modality_balanced", "n_train", "n_test")
     requires_classifiers = False
 
+    @classmethod
+    def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:
+        return {"per_modality": (num_modalities,), "per_modality_balanced": (num_modalities,)}
+
     def __init__(self, cfg: ProbeConfig | None = None):
         self.cfg = cfg or ProbeConfig()
 
