@@ -163,6 +163,70 @@ def test_jobs_run_as_separate_processes_one_gpu_each(tmp_path):
     assert LocalLauncher(jobs=3, gpus=["0"]).slots() == [None, None, None]  # one GPU: shared, env untouched
 
 
+def _sleep(seconds, cwd=None, env=None, threads=0):
+    """A worker task that outlives the test unless terminated."""
+    import time
+
+    time.sleep(seconds)
+    return 0
+
+
+def test_an_interrupted_launcher_terminates_its_processes_and_says_so(tmp_path):
+    def on_start(task, where):
+        raise KeyboardInterrupt  # Ctrl-C while the task runs
+
+    ended = []
+    with pytest.raises(KeyboardInterrupt):
+        LocalLauncher(jobs=1, gpus=[]).run([Task("t", _sleep, (60,), tmp_path / "log")], on_start,
+                                           lambda *args: ended.append(args[1:]))
+    assert ended == [(-15, True)]  # SIGTERM, and flagged as an interruption, not a failure
+
+
+class InterruptingLauncher:
+    """As LocalLauncher when Ctrl-C comes while the first run trains: that run's worker is
+    stopped (having seen the Ctrl-C itself and recorded a failure, or not), the others never start."""
+
+    def __init__(self, worker_saw_it: bool):
+        self.worker_saw_it = worker_saw_it
+
+    def run(self, tasks, on_start, on_done):
+        if tasks[0].label == "prepare":
+            return {"prepare": 0}
+        state_file = Path(tasks[0].log).parent / "bench.json"
+        state = json.loads(state_file.read_text())
+        if self.worker_saw_it:
+            state.update(status="failed", error="training failed (exit code 130): interrupted")
+        else:
+            state.update(status="training")
+        state_file.write_text(json.dumps(state))
+        on_done(tasks[0], 1 if self.worker_saw_it else -15, True)
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("worker_saw_it", [False, True])
+def test_runs_stopped_by_an_interruption_are_reported_as_interrupted_not_failed(tmp_path, worker_saw_it):
+    import io
+
+    from rich.console import Console
+
+    from mmgen.bench import execute, write_report
+
+    plan = make_plan(load_spec(write(tmp_path, TINY_BENCH % ("", "{}", ", seeds: [0, 1]"))), tmp_path / "out")
+    console = Console(file=(printed := io.StringIO()), width=200)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, InterruptingLauncher(worker_saw_it), console)
+    reason = "stopped while training; the same command continues it" if not worker_saw_it else \
+        "stopped while running; the same command continues it"
+    state = json.loads((tmp_path / "out" / "runs" / "a-s0" / "bench.json").read_text())
+    assert (state["status"], state["error"]) == ("interrupted", reason)  # was failed: stopped by signal 15
+    assert f"interrupted a-s0: {reason}" in printed.getvalue() and "failed" not in printed.getvalue()
+    report, _ = write_report(plan)
+    assert [(r["status"], r["error"]) for r in report["runs"]] == [("interrupted", reason), ("incomplete", None)]
+    assert report["summary"][0]["failed"] == 0
+    assert f"`a` seed 0 — interrupted: {reason}" in (tmp_path / "out" / "results.md").read_text()
+    assert make_plan(plan.spec, tmp_path / "out").runs[0].action == "train"  # no checkpoint yet: trains again
+
+
 def fake_run(root: Path, run: str, seed: int, metrics: dict, status: str = "finished") -> dict:
     run_dir = root / f"{run}-s{seed}"
     run_dir.mkdir(parents=True)

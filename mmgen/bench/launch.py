@@ -71,7 +71,10 @@ class LocalLauncher:
         return [None] * self.jobs
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task, str], None],
-            on_done: Callable[[Task, int], None]) -> dict[str, int]:
+            on_done: Callable[..., None]) -> dict[str, int]:
+        """Run ``tasks``, at most ``jobs`` at once; ``on_done(task, exit code)`` as each ends. An
+        interruption (Ctrl-C, or SIGTERM through ``mmgen bench``) terminates the running ones,
+        calls ``on_done(task, code, True)`` for each, and propagates."""
         threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 and not self.gpus else 0
         pending, free = list(tasks), self.slots()
         running: dict[Any, tuple[Task, Any, str | None]] = {}
@@ -99,7 +102,7 @@ class LocalLauncher:
                 proc.terminate()
             for task, proc, _ in running.values():
                 proc.join(10)
-                on_done(task, proc.exitcode if proc.exitcode is not None else -15)
+                on_done(task, proc.exitcode if proc.exitcode is not None else -15, True)  # interrupted
             raise
         return codes
 
@@ -220,7 +223,8 @@ def stage(plan: Plan, p: PlannedRun) -> None:
 
 def execute(plan: Plan, launcher: LocalLauncher | SubmititLauncher, console: Any) -> dict[str, str]:
     """Prepare the classifiers, then run every selected run that needs it; never stops at a
-    failed run. Returns ``{run id: "finished" | "failed: reason"}`` for the runs it started."""
+    failed run. Returns ``{run id: "finished" | "failed: reason"}`` for the runs it started
+    (``"interrupted: ..."`` for those an interruption stopped, before it propagates)."""
     todo = plan.todo
     outcome: dict[str, str] = {}
     if not todo:
@@ -249,7 +253,7 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
         if not done_before:
             prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve()), given, columns),
                         log)
-            codes = launcher.run([prep], started, lambda t, c: None)
+            codes = launcher.run([prep], started, lambda *_: None)
             if codes.get("prepare") != 0:
                 raise MMGenError(f"preparing the data and classifiers failed: {_last_error(log)} (see {log})")
             atomic_write_text(json.dumps({"key": key}) + "\n", marker)
@@ -258,13 +262,21 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
         stage(plan, p)
     by_label = {p.id: p for p in todo}
 
-    def done(task: Task, code: int) -> None:
+    def done(task: Task, code: int, interrupted: bool = False) -> None:
         p = by_label[task.label]
         state = read_state(p.run_dir) or {}
         if code == 0 and state.get("status") == "finished":
             t = state.get("times", {})
             outcome[p.id] = "finished"
             console.print(f"[green]finished[/] {p.id} (train {t.get('train_s', 0):.0f} s, eval {t.get('eval_s', 0):.0f} s)")
+        elif interrupted:  # Ctrl-C or kill stopped the benchmark, and the launcher this run: not its failure
+            was = state.get("status")  # "failed" when the worker saw the Ctrl-C itself first
+            reason = f"stopped while {was if was in ('queued', 'training', 'evaluating') else 'running'}; " \
+                     "the same command continues it"
+            state.update(status="interrupted", error=reason)
+            write_state(p.run_dir, state)
+            outcome[p.id] = f"interrupted: {reason}"
+            console.print(f"[yellow]interrupted[/] {p.id}: {reason} (log {p.run_dir / LOG_FILE})")
         else:
             reason = state.get("error") if state.get("status") == "failed" else None
             if reason is None and code < 0:

@@ -304,16 +304,17 @@ def build_report(bench: dict[str, Any], runs: Sequence[dict[str, Any]], columns:
         current = state.get("config_hash") == planned["config_hash"]
         if current and state.get("eval_hash") == planned["eval_hash"] and evaluation is not None:
             status = "finished"
-        elif current and state.get("status") == "failed":
-            status = "failed"
+        elif current and state.get("status") in ("failed", "interrupted"):
+            status = state["status"]  # interrupted: stopped with the benchmark, resumed by its next run
         elif state and not current:
             status = "stale"  # a changed config not re-run yet (e.g. excluded by --only)
         else:
             status = "not run" if not state else "incomplete"
         metrics = (evaluation or {}).get("metrics", {}) if status == "finished" else {}
         reports.append(metrics)
+        error = state.get("error") if status in ("failed", "interrupted") else None
         seeds.append({"run": planned["run"], "seed": planned["seed"], "run_dir": str(run_dir), "status": status,
-                      "config_hash": planned["config_hash"], "error": state.get("error") if status == "failed" else None,
+                      "config_hash": planned["config_hash"], "error": error,
                       "train_s": state.get("times", {}).get("train_s"), "eval_s": state.get("times", {}).get("eval_s"),
                       "step": (evaluation or {}).get("step") if status == "finished" else None,
                       "metrics": metrics})
