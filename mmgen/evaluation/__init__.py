@@ -1,19 +1,11 @@
 """The evaluation engine (SPEC section 3): metrics are plugins, this package runs them.
 
 A metric is registered through ``register_metrics`` as ``factory(cfg) -> Metric`` and called
-with an :class:`EvalContext`. The context owns what several metrics share and computes each at
-most once, in batches on the evaluation device:
+with an :class:`EvalContext`, which owns what several metrics share (the joint pass, the cross
+pass, the real images' feature moments: :mod:`.context`) and computes each at most once.
 
-- the *joint pass*: N unconditional samples (prior Langevin for an EBM prior), each modality's
-  predicted class and the running moments of its classifier features (joint coherence, FD);
-- the *cross pass*: for every proper non-empty subset S of modalities and every test tuple, the
-  targets t not in S generated from x_S, their predicted classes and feature moments (cross
-  coherence, conditional FD);
-- the real test images' feature moments (the FD reference).
-
-Each pass reseeds the random stream from the evaluation seed, so a number does not depend on
-which metrics ran before it, and the whole evaluation runs in a forked RNG so that evaluating
-during training leaves the training run's random stream untouched.
+The whole evaluation runs in a forked RNG, so that evaluating during training leaves the training
+run's random stream untouched.
 
 :mod:`.metric` holds the metric contract and the shared numerics (moments, Fréchet distance,
 accuracies), :mod:`.context` the context and its passes; :mod:`.selection` turns metric names and
