@@ -77,20 +77,19 @@ class LangevinInference(Inference):
     def refine(self, model, z: Tensor, batch, mask: Tensor, w: Tensor | None = None,
                keep_chain: bool = False) -> InferenceResult:
         observed = batch.observed(mask)
-        log_prob, grad_fn = self._target(model, batch.x, mask, w, observed)
-        kernel = LangevinKernel(log_prob, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
+
+        def kernel_over(x: list[Tensor], mask: Tensor, w: Tensor | None) -> LangevinKernel:
+            log_prob, grad_fn = self._target(model, x, mask, w, observed)
+            return LangevinKernel(log_prob, self.cfg.step_size, self.cfg.clip_grad, grad_fn)
+
+        kernel = kernel_over(batch.x, mask, w)
         if self.graphed is not None and self.graphed.why_not(kernel, z, keep_chain) is None:
             # The graph reads the batch from static copies and the weights by address.
-            inputs = (*batch.x, mask) if w is None else (*batch.x, mask, w)
             m = len(batch.x)
-
-            def rebind(static: tuple[Tensor, ...]) -> LangevinKernel:
-                lp, fn = self._target(model, list(static[:m]), static[m], static[m + 1] if w is not None else None,
-                                      observed)
-                return LangevinKernel(lp, self.cfg.step_size, self.cfg.clip_grad, fn)
-
+            inputs = (*batch.x, mask) if w is None else (*batch.x, mask, w)
             result = self.graphed(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain,
-                                  tensors=(*model.parameters(), *model.buffers()), inputs=inputs, rebind=rebind,
+                                  tensors=(*model.parameters(), *model.buffers()), inputs=inputs,
+                                  rebind=lambda s: kernel_over(list(s[:m]), s[m], None if w is None else s[m + 1]),
                                   key=(tuple(observed), w is None))
         else:
             result = run_chain(kernel, z, self.cfg.steps, self.cfg.anneal_noise, keep_chain=keep_chain)
