@@ -208,7 +208,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         run_dir = Path(broadcast_object_list([str(run_dir)])[0])
     if not resume:
         check_fresh_run_dir(run_dir)
-    accelerator.wait_for_everyone()  # every process has checked the folder before anything is written
+    wait_for_everyone(accelerator)  # every process has checked the folder before anything is written
     ckpt_dir = run_dir / "checkpoints"
     train_set, test_set = load_datasets(cfg, plugins)
     model = build_model(cfg, plugins.registry, train_set.modalities)
@@ -286,7 +286,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                                                          torch.zeros(()), torch.ones(0, dtype=torch.bool), []))
                 raise DivergenceError(f"sanity check: the initial loss on 4 training tuples is not finite: {report}")
         checkpoint("latest.pt")  # a rollback target, and a resumable run from the first second
-    accelerator.wait_for_everyone()
+    wait_for_everyone(accelerator)
 
     metrics = (run_dir / "metrics.jsonl").open("a") if is_main else None
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -395,7 +395,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         save_samples(core, test_set, run_dir / "samples" / "final.png", device)
     if metrics:
         metrics.close()
-    accelerator.wait_for_everyone()
+    wait_for_everyone(accelerator)
     return run_dir
 
 
@@ -418,6 +418,14 @@ def _check_in_sync(accelerator, model: MultimodalModel) -> None:
         worst = int((sums - sums[0]).abs().amax(0).argmax()) // 2
         name = [n for n, _ in model.named_parameters()][worst]
         raise MMGenError(f"processes ended with different parameters (first at {name})")
+
+
+def wait_for_everyone(accelerator) -> None:
+    """A barrier across the processes, as an all-reduce on their own device. accelerate's
+    ``wait_for_everyone`` is torch.distributed's ``barrier``, which (torch 2.11) picked CUDA device
+    ``rank`` in a CPU (gloo) run on a machine with one GPU: "invalid device ordinal" on rank 1."""
+    if accelerator.num_processes > 1:
+        accelerator.reduce(torch.zeros(1, device=accelerator.device))
 
 
 @torch.no_grad()
