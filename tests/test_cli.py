@@ -45,6 +45,35 @@ def test_bad_option_type_exits_2(app):
     assert invoke(app, "train", "--epochs", "many").exit_code == 2
 
 
+@pytest.mark.parametrize("args, expected", [
+    (("evaluate", "--n", "0", "run"), "error: Invalid value for '--n' / '-n': Input should be greater than or "
+                                      "equal to 1; see 'mmgen evaluate --help'"),
+    (("bench", "--jobs", "0", "x.yaml"), "'--jobs' / '-j': Input should be greater than or equal to 1; "
+                                         "see 'mmgen bench --help'"),
+    (("classifiers", "train", "--epochs", "0", "d"), "see 'mmgen classifiers train --help'"),
+    (("train", "--prio", "ebm"), "error: No such option: --prio (Possible options: --prior); see 'mmgen train --help'"),
+    (("nosuch",), "error: No such command 'nosuch'; see 'mmgen --help'"),
+    (("evaluate",), "error: Missing argument 'run_dir'; see 'mmgen evaluate --help'"),
+    (("data", "inspect", "--examples", "100", "d"), "less than or equal to 64; see 'mmgen data inspect --help'"),
+])
+def test_usage_errors_are_one_line(app, args, expected):
+    """A bad option value, an unknown option or command, a missing argument: one line naming what is
+    wrong (and the close match, where Click finds one), exit 2, no usage box -- in built-in
+    commands, nested groups and plugin commands alike."""
+    result = invoke(app, *args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert expected in " ".join(lines), result.output
+
+
+def test_help_without_arguments_still_shows_help(app):
+    for args in ((), ("config",)):
+        result = invoke(app, *args)
+        assert "Usage: mmgen" in result.output, result.output
+        assert not any(line.startswith("error:") for line in result.output.splitlines())
+
+
 def test_config_show_prints_resolved_yaml(app):
     result = invoke(app, "config", "show", "--recipe", "mmvae", "--agg", "mopoe", "model.posterior_family=gaussian")
     assert result.exit_code == 0, result.output

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -24,6 +27,39 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
+
+
+# Typer >= 0.29 vendors Click as typer._click; older releases use Click itself.
+_click = getattr(typer.core, "_click", None) or importlib.import_module("click")
+
+
+@contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """Inside: a Click usage error (unknown option, bad value, missing argument) prints one line,
+    ``error: <what is wrong>; see 'mmgen <command> --help'``, like every other mmgen error, instead of
+    Typer's usage box; the exit code stays Click's (2). Asking for help with no arguments passes."""
+    try:
+        yield
+    except _click.exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help text itself, printed by Typer
+            raise
+        message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+        ctx = getattr(exc, "ctx", None)
+        hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+        raise fail(message.rstrip(".") + hint, exc.exit_code) from None
+
+
+class OneLineErrorsGroup(typer.core.TyperGroup):
+    """The root command group: parse errors of any command, built-in or from a plugin, go through
+    :func:`one_line_usage_errors` (a subcommand parses its options inside the root's ``invoke``)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ import typer
 from mmgen import __version__
 from mmgen.cli.bench import bench
 from mmgen.cli.classifiers import classifiers_app
+from mmgen.cli.common import OneLineErrorsGroup
 from mmgen.cli.config_cmd import config_app, validate
 from mmgen.cli.evaluate import evaluate
 from mmgen.cli.plugins_cmd import plugins
@@ -24,6 +25,7 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
     """Build the Typer app; plugins add commands through the ``register_commands`` hook."""
     app = typer.Typer(
         name="mmgen",
+        cls=OneLineErrorsGroup,
         help="Multimodal generative models with latent EBM priors and Langevin inference.",
         no_args_is_help=True,
         add_completion=False,
