@@ -462,3 +462,31 @@ def test_cross_given_is_checked_against_the_loaded_data_before_training(tmp_path
     assert code == 1
     assert "error: evaluate.columns[2]: 'fd/unconditional/2': index 2 is out of range; unconditional has 2 entries " \
            "with 2 modalities (valid: 0..1)" in capsys.readouterr().out
+
+
+def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
+    """Validation accepts any prior/... or objective/... statistic (what a component logs is only
+    known once it ran); a curve that no finished run logged gets a note, not a silent gap."""
+    from mmgen.bench.plots import write_plots
+
+    run_dir = tmp_path / "runs" / "a-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 2.0 / s, "prior/energy_pos": 0.1 * s}) + "\n" for s in (1, 2, 3)))
+    report = {"runs": [{"run": "a", "seed": 0, "status": "finished", "run_dir": str(run_dir)}],
+              "summary": [], "columns": []}
+    paths = write_plots(report, tmp_path / "plots", ["loss", "prior/energy_po"])
+    assert [p.name for p in paths] == ["curves-loss.png"]
+    assert report["notes"] == ["report.curves: no finished run logged 'prior/energy_po' (did you mean "
+                               "'prior/energy_pos'?), so it has no plot; logged: loss, prior/energy_pos"]
+    # Unfinished runs only: nothing can have been logged, so no note.
+    report = {"runs": [{"run": "a", "seed": 0, "status": "failed", "run_dir": str(run_dir)}],
+              "summary": [], "columns": []}
+    write_plots(report, tmp_path / "plots", ["prior/energy_po"])
+    assert "notes" not in report
+    # results.md lists the notes under the table
+    from mmgen.bench.report import markdown
+
+    full = json.loads((smoke[0] / "results.json").read_text())
+    assert "notes" not in full  # the smoke benchmark's curves were all logged
+    assert markdown({**full, "notes": ["n1"]}).endswith("\nNotes:\n\n- n1\n")

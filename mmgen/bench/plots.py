@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from mmgen.bench.report import Cell, fmt, read_jsonl, report_columns, summary_cell
+from mmgen.errors import did_you_mean
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -254,6 +255,18 @@ def curve_series(runs: Sequence[dict[str, Any]], key: str, file: str = "metrics.
     return series
 
 
+def logged_stats(runs: Sequence[dict[str, Any]]) -> set[str]:
+    """Every numeric statistic a finished run logged, in training (metrics.jsonl) or in periodic
+    evaluations (eval.jsonl)."""
+    keys: set[str] = set()
+    for r in runs:
+        if r["status"] == "finished":
+            for file in ("metrics.jsonl", "eval.jsonl"):
+                for rec in read_jsonl(Path(r["run_dir"]) / file):
+                    keys.update(k for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return keys - {"step"}
+
+
 def write_plots(report: dict[str, Any], out: Path, curves: Sequence[str] = ("loss",),
                 cross_rows: Sequence[str] = ()) -> list[Path]:
     """Every PNG: curves-<key>.png (training statistics), bar-<column>.png, cross-generation.png."""
@@ -270,6 +283,13 @@ def write_plots(report: dict[str, Any], out: Path, curves: Sequence[str] = ("los
             n = len({r["seed"] for r in report["runs"]})
             paths.append(line_chart(series, out / f"curves-{_safe(key)}.png",
                                     f"{key} during training (mean over {n} seed{'s' if n > 1 else ''})", "step", key))
+        elif any(r["status"] == "finished" for r in report["runs"]):
+            # Validation knows the statistic's family (prior/..., metric/...), not what the runs'
+            # components log: say so rather than leave the plot out without a word.
+            logged = logged_stats(report["runs"])
+            report.setdefault("notes", []).append(
+                f"report.curves: no finished run logged '{key}'{did_you_mean(key, logged)}, so it has no plot; "
+                f"logged: {', '.join(sorted(logged)) or 'nothing'}")
     for col in report_columns(report):
         # The table's metrics over training, when the runs evaluated periodically (eval.jsonl).
         series = curve_series(report["runs"], col.key, "eval.jsonl")

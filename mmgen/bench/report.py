@@ -392,6 +392,8 @@ def markdown(report: dict[str, Any]) -> str:
     plots = report.get("plots") or []
     if plots:
         lines += ["", "Plots: " + ", ".join(f"[{Path(p).name}]({p})" for p in plots)]
+    if report.get("notes"):
+        lines += ["", "Notes:", "", *(f"- {note}" for note in report["notes"])]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from mmgen.cli.common import err_console, out_console, user_errors
 
@@ -51,6 +52,8 @@ def bench(
         outcome = execute(plan, runner, err_console) if runner is not None else {}
     result, files = write_report(plan)
     out_console.print(rich_table(result))
+    for note in result.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     failed = [k for k, v in outcome.items() if v != "finished"]
     err_console.print(f"wrote {bench_dir}/results.md, results.csv, results.json and {len(result.get('plots', []))} "
                       f"plots in {bench_dir}/plots ({time.perf_counter() - t0:.0f} s)")
