@@ -490,3 +490,29 @@ def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
     full = json.loads((smoke[0] / "results.json").read_text())
     assert "notes" not in full  # the smoke benchmark's curves were all logged
     assert markdown({**full, "notes": ["n1"]}).endswith("\nNotes:\n\n- n1\n")
+
+
+def test_a_column_null_in_every_finished_run_gets_a_note(tmp_path):
+    """matrix_1to1/i/i passes the index check (i < M) but the metric leaves the diagonal null: the
+    report says so instead of showing an empty column without a word."""
+    from mmgen.bench.report import Column, build_report
+
+    planned = []
+    for seed, diag in ((0, None), (1, None)):
+        run_dir = tmp_path / f"a-s{seed}"
+        run_dir.mkdir()
+        (run_dir / "bench.json").write_text(json.dumps({"config_hash": "c", "eval_hash": "e", "status": "finished"}))
+        matrix = [[diag, 0.5], [0.25, None]]
+        (run_dir / "eval.json").write_text(json.dumps({"step": 4, "metrics": {"cross_coherence": {
+            "mean_1to1": 0.375, "matrix_1to1": matrix}}}))
+        planned.append({"run": "a", "seed": seed, "run_dir": str(run_dir), "config_hash": "c", "eval_hash": "e"})
+    columns = [Column("cross_coherence/mean_1to1", "cross"), Column("cross_coherence/matrix_1to1/0/1", "0→1"),
+               Column("cross_coherence/matrix_1to1/0/0", "0→0")]
+    report = build_report({"name": "b"}, planned, columns)
+    assert report["summary"][0]["columns"]["cross_coherence/matrix_1to1/0/1"]["mean"] == 0.5
+    (note,) = report["notes"]
+    assert note.startswith("evaluate.columns: cross_coherence/matrix_1to1/0/0 is empty in every finished run")
+    # no finished seed: nothing to say yet
+    for p in planned:
+        p["eval_hash"] = "other"
+    assert "notes" not in build_report({"name": "b"}, planned, columns)

@@ -334,7 +334,7 @@ def build_report(bench: dict[str, Any], runs: Sequence[dict[str, Any]], columns:
             "columns": {k: asdict(c) for k, c in cells.items()},
             "best": [c.key for c in columns if run in best[c.key]],
         })
-    return {
+    report = {
         "name": bench["name"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "bench": bench,
@@ -342,6 +342,19 @@ def build_report(bench: dict[str, Any], runs: Sequence[dict[str, Any]], columns:
         "summary": summary,
         "runs": [{k: v for k, v in r.items() if k != "metrics"} for r in seeds],
     }
+    if empty := empty_columns(seeds, columns):
+        report["notes"] = [f"evaluate.columns: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty in every "
+                           "finished run: the metric reported no number there (e.g. the diagonal of "
+                           "cross_coherence/matrix_1to1, a modality given itself)"]
+    return report
+
+
+def empty_columns(seeds: Sequence[dict[str, Any]], columns: Sequence[Column]) -> list[str]:
+    """The columns with no finite value in any finished seed (none when no seed finished): a
+    column the validation accepts (its index is in range) that its metric leaves null."""
+    finished = [r for r in seeds if r["status"] == "finished"]
+    return [c.key for c in columns if finished and not any(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in (r["values"][c.key] for r in finished))]
 
 
 def report_columns(report: dict[str, Any]) -> list[Column]:
