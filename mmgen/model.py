@@ -231,7 +231,10 @@ def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[Modali
 
     def build(kind: str, section: str, *args: Any) -> Any:
         sec = mcfg[section]
-        built = registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+        try:
+            built = registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+        except ValueError as exc:  # what a config alone cannot tell, e.g. a setting too large for the data's shape
+            raise MMGenError(f"model.{section}: {exc}") from exc
         built.registry_name = sec["name"]  # reports name the component as the config does
         return built
 

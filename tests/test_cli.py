@@ -121,3 +121,23 @@ def test_validate_refuses_a_resnet_without_channels_in_one_line(app, tmp_path):
     result = invoke(app, "validate", str(bad))  # was "ok", then a traceback from Conv2d in train
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines() == ["error: config: model.encoder.hidden: must be > 0, got 0"]
+
+
+@pytest.mark.parametrize("section", ["encoder", "decoder"])
+def test_resnet_downsamples_beyond_the_image_size_is_one_line(app, tmp_path, monkeypatch, section):
+    """Only the data's shape tells how many halvings a network can make: the component raises a
+    ValueError when it is built, and the model builder names its section. 6 on 28 x 28 used to
+    build a decoder that upsampled to 64 x 64 and cropped."""
+    monkeypatch.setenv("MMGEN_CACHE", str(tmp_path / "cache"))
+    args = ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", "data.train_size=64",
+            "data.test_size=32", "model.encoder.name=resnet", "model.decoder.name=resnet",
+            "model.encoder.hidden=4", "model.decoder.hidden=4"]
+    result = invoke(app, *args, f"model.{section}.downsamples=6")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: model.{section}: downsamples: 28 x 28 images can be halved at most 5 times "
+        "(28 -> 14 -> 7 -> 4 -> 2 -> 1), got 6")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the largest valid count builds and trains
+    result = invoke(app, *args, "model.encoder.downsamples=5", "model.decoder.downsamples=5")
+    assert result.exit_code == 0, result.output

@@ -56,6 +56,19 @@ class ResidualBlock(nn.Module):
         return self.shortcut(x) + self.scale * self.body(x)
 
 
+def check_downsamples(cfg: ResNetConfig, shape: tuple[int, ...]) -> None:
+    """A ValueError unless each of the ``downsamples`` halvings still has more than one pixel to
+    halve (28 x 28: at most 5, 28 -> 14 -> 7 -> 4 -> 2 -> 1); beyond that the encoder pools 1 x 1
+    maps and the decoder upsamples far past the image only to crop it."""
+    side = min(shape[-2:])
+    sizes = [side]
+    while sizes[-1] > 1:
+        sizes.append((sizes[-1] - 1) // 2 + 1)  # 3x3 average pool, stride 2, padding 1
+    if cfg.downsamples > len(sizes) - 1:
+        raise ValueError(f"downsamples: {shape[-2]} x {shape[-1]} images can be halved at most {len(sizes) - 1} "
+                         f"times ({' -> '.join(map(str, sizes))}), got {cfg.downsamples}")
+
+
 def _widths(cfg: ResNetConfig) -> list[int]:
     """Channels at each resolution, finest first: hidden, 2 hidden, 4 hidden, ... (capped)."""
     return [min(cfg.hidden * 2**i, cfg.max_channels) for i in range(cfg.downsamples + 1)]
@@ -66,6 +79,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, cfg: ResNetConfig, shape: tuple[int, ...], out_dim: int):
         super().__init__()
+        check_downsamples(cfg, shape)
         widths = _widths(cfg)
         layers: list[nn.Module] = [nn.Conv2d(shape[0], widths[0], 3, padding=1),
                                    ResidualBlock(widths[0], widths[0], cfg.residual_scale)]
@@ -86,6 +100,7 @@ class ResNetDecoder(nn.Module):
 
     def __init__(self, cfg: ResNetConfig, shape: tuple[int, ...], in_dim: int):
         super().__init__()
+        check_downsamples(cfg, shape)
         c, h, w = shape
         widths = _widths(cfg)[::-1]  # coarsest first
         factor = 2**cfg.downsamples
