@@ -307,14 +307,33 @@ def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, error
     schema = OmegaConf.structured(component.config)
     OmegaConf.set_struct(schema, True)
     _merge_checked(schema, params, path, errors, set())
-    # Building the dataclass runs its __post_init__ checks ("field: must be > 0, got -1") on the
-    # values that merged (a key or type error left that field at its default), so range errors
-    # are reported together with the others.
-    try:
-        OmegaConf.to_object(schema)
-    except (ValueError, TypeError) as exc:
-        errors.append(f"{path}.{exc}")
+    errors += [f"{path}.{error}" for error in post_init_errors(component.config, schema)]
     return {"name": name, **OmegaConf.to_container(schema)}  # type: ignore[dict-item]
+
+
+def post_init_errors(config_class: type, schema: DictConfig) -> list[str]:
+    """Every error the dataclass's ``__post_init__`` checks find in ``schema``'s values (which merged:
+    a key or type error left its field at the default), not just the first: a check stops at its
+    first failure, so each error that names a field ("hidden: must be > 0, got 0") puts that field
+    back to its default on a copy and the checks run again, until they pass or an error names no
+    field (or one already reported)."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    trial = schema.copy()
+    errors: list[str] = []
+    while True:
+        try:
+            OmegaConf.to_object(trial)
+            return errors
+        except (ValueError, TypeError) as exc:
+            errors.append(str(exc))
+            name = str(exc).split(":", 1)[0].strip()
+            if name not in fields or len(errors) > len(fields):
+                return errors
+            f = fields[name]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if default is dataclasses.MISSING or trial[name] == default:
+                return errors
+            trial[name] = default
 
 
 def _check_ranges(cfg: dict[str, Any], errors: list[str]) -> None:

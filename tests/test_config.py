@@ -202,3 +202,35 @@ def test_resnet_options_are_range_checked(plugins, section, option, error):
     assert errors_of(plugins, name, f"model.{section}.{option}") == [f"model.{section}.{error}"]
     # 0 downsamplings (one resolution) and a zero residual branch still build a network.
     assert errors_of(plugins, name, f"model.{section}.downsamples=0", f"model.{section}.residual_scale=0") == []
+
+
+def test_every_range_error_of_a_component_is_reported_not_just_the_first(plugins):
+    """A __post_init__ stops at its first failed check; validation puts each named field back to its
+    default and runs the checks again, so one `mmgen validate` lists them all."""
+    assert errors_of(plugins, "model.prior.name=ebm", "model.prior.hidden=0", "model.prior.steps=-2",
+                     "model.prior.lr=nan", "model.prior.activation=tanh") == [
+        "model.prior.hidden: must be > 0, got 0",
+        "model.prior.lr: must be a finite number > 0, got nan",
+        "model.prior.steps: must be >= 0, got -2",
+        "model.prior.activation: unknown 'tanh'; valid: gelu, leaky_relu, silu",
+    ]
+    # a check across fields, whose message names no single field, ends the search: reported once
+    from dataclasses import dataclass
+
+    from omegaconf import OmegaConf
+
+    from mmgen.config import post_init_errors
+
+    @dataclass
+    class Pair:
+        low: float = 0.0
+        high: float = 1.0
+
+        def __post_init__(self):
+            if self.low > self.high:
+                raise ValueError(f"low must not exceed high, got {self.low} > {self.high}")
+
+    schema = OmegaConf.structured(Pair)
+    schema.low = 3.0
+    assert post_init_errors(Pair, schema) == ["low must not exceed high, got 3.0 > 1.0"]
+    assert schema.low == 3.0  # the checks ran on a copy
