@@ -186,3 +186,29 @@ def test_a_damaged_default_dataset_cache_is_rebuilt(tmp_path, monkeypatch):
         again = default_dataset(cfg, "train")
     assert all(torch.equal(a, b) for a, b in zip(first.images, again.images))  # the same bytes, rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [location(cfg).name]  # the damaged copy is gone
+
+
+def test_a_default_dataset_file_changed_in_place_is_caught_by_its_content_hash(tmp_path, monkeypatch):
+    """A file that still loads but holds other pixels (a flipped byte, a file copied from another
+    cache) is found by the content hash the manifest recorded at build time, and rebuilt."""
+    import json
+
+    from mmgen_builtin.datasets.default import DefaultDataConfig, default_dataset, location
+
+    monkeypatch.setenv("MMGEN_CACHE", str(tmp_path))
+    cfg = DefaultDataConfig(modalities=2, train_size=32, test_size=8)
+    first = default_dataset(cfg, "test")
+    manifest = json.loads((location(cfg) / "manifest.json").read_text())
+    assert manifest["fingerprints"]["test"] == first.fingerprint
+    m0 = location(cfg) / "test" / "m0.pt"
+    changed = torch.load(m0)
+    changed[0, 0, 0, 0] ^= 1  # one bit of one pixel
+    torch.save(changed, m0)
+    with pytest.warns(RuntimeWarning, match=r"damaged .*test: content hash \w+ is not the \w+ it was built with"):
+        again = default_dataset(cfg, "test")
+    assert again.fingerprint == first.fingerprint
+    assert torch.equal(again.images[0], first.images[0])
+    # a cache built before fingerprints were recorded is read as it is
+    del manifest["fingerprints"]
+    (location(cfg) / "manifest.json").write_text(json.dumps(manifest))
+    assert default_dataset(cfg, "test").fingerprint == first.fingerprint

@@ -27,7 +27,7 @@ from mmgen.data import MultimodalDataset
 from mmgen.errors import DataError
 
 from .compose import compose
-from .polymnist import read_tensor_layout
+from .polymnist import fingerprint, read_tensor_layout
 
 VERSION = 1
 
@@ -94,15 +94,19 @@ def build(cfg: DefaultDataConfig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
+        fingerprints = {}
         for i, (split, (idx, size)) in enumerate(splits.items()):
             images, tuple_labels = compose(digits[idx], labels[idx], backgrounds, size, seed=cfg.seed + i)
             (tmp / split).mkdir()
-            for m, img in enumerate(images):
-                torch.save(torch.from_numpy(img), tmp / split / f"m{m}.pt")
+            tensors = [torch.from_numpy(img) for img in images]
+            for m, img in enumerate(tensors):
+                torch.save(img, tmp / split / f"m{m}.pt")
             torch.save(torch.from_numpy(tuple_labels), tmp / split / "labels.pt")
+            fingerprints[split] = fingerprint(tensors, torch.from_numpy(tuple_labels))
         manifest = {"dataset": "mmgen offline default", "version": VERSION, "config": asdict(cfg),
                     "digits": "sklearn.datasets.load_digits (8x8 upsampled to 20x20 in 28x28)",
-                    "backgrounds": "procedural textures (mmgen_builtin.datasets.default.texture)"}
+                    "backgrounds": "procedural textures (mmgen_builtin.datasets.default.texture)",
+                    "fingerprints": fingerprints}  # content hashes: a file changed since is rebuilt
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         try:
             tmp.rename(out)
@@ -119,13 +123,25 @@ def location(cfg: DefaultDataConfig) -> Path:
     return cache_dir() / f"default-v{VERSION}-{key}"
 
 
+def checked(dataset: MultimodalDataset, path: Path, split: str) -> MultimodalDataset:
+    """``dataset`` if its content hash is the one the manifest recorded when ``path`` was built (a
+    cache from before fingerprints were recorded is taken as it is), else a DataError."""
+    try:
+        expected = json.loads((path / "manifest.json").read_text()).get("fingerprints", {}).get(split)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path / 'manifest.json'}: unreadable ({exc})") from None
+    if expected is not None and dataset.fingerprint != expected:
+        raise DataError(f"{path / split}: content hash {dataset.fingerprint} is not the {expected} it was built with")
+    return dataset
+
+
 def default_dataset(cfg: DefaultDataConfig, split: str) -> MultimodalDataset:
     """The offline default dataset, built into the cache on first use (a few seconds)."""
     path = location(cfg)
     if not (path / "manifest.json").is_file():
         build(cfg, path)
     try:
-        return read_tensor_layout(path, split)
+        return checked(read_tensor_layout(path, split), path, split)
     except DataError as exc:  # a damaged cache: it is derived data, so build it again
         warnings.warn(f"the cached default dataset is damaged ({exc}); rebuilding it", RuntimeWarning, stacklevel=2)
         damaged = path.with_name(f"{path.name}.damaged-{os.getpid()}")
