@@ -346,6 +346,62 @@ def test_submitit_local_executor_runs_a_run(smoke, tmp_path):
     assert all(e["finished"] == 2 for e in report["summary"])
 
 
+def test_an_interrupted_slurm_benchmark_cancels_its_jobs_and_reports_them_interrupted(smoke, tmp_path, monkeypatch):
+    """Ctrl-C while the scheduler runs the jobs: each job not done is cancelled and its run is
+    recorded as interrupted (it used to stay "incomplete"), and the benchmark stops. The executor
+    stands in for Slurm's: jobs that never finish."""
+    import io
+
+    from rich.console import Console
+
+    from mmgen.bench import execute
+    from mmgen.bench import launch as launch_module
+    from mmgen.bench.launch import SubmititLauncher
+
+    class Job:
+        def __init__(self, i):
+            self.job_id, self.cancelled = str(1000 + i), False
+
+        def done(self):
+            return False
+
+        def cancel(self, check=True):
+            self.cancelled = True
+
+    class Executor:
+        def __init__(self):
+            self.jobs = []
+
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, fn, *args):
+            self.jobs.append(Job(len(self.jobs)))
+            return self.jobs[-1]
+
+    src, _ = smoke
+    out = tmp_path / "smoke"
+    shutil.copytree(src, out)
+    for run in ("mmvae-s1", "ebm-mmvae-s0"):
+        (out / "runs" / run / "eval.json").unlink()  # to evaluate again; the data are prepared
+    plan = make_plan(load_spec(SMOKE), out)
+    launcher = object.__new__(SubmititLauncher)
+    launcher.name, launcher.executor = "slurm", Executor()
+
+    def ctrl_c(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch_module.time, "sleep", ctrl_c)
+    console = Console(file=io.StringIO(), width=200)
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, launcher, console)
+    assert [job.cancelled for job in launcher.executor.jobs] == [True, True]
+    for run in ("mmvae-s1", "ebm-mmvae-s0"):
+        state = json.loads((out / "runs" / run / "bench.json").read_text())
+        assert state["status"] == "interrupted" and "the same command continues it" in state["error"]
+    assert "interrupted mmvae-s1" in console.file.getvalue()
+
+
 def test_slurm_launcher_without_submitit_says_how_to_install(tmp_path, monkeypatch):
     import sys
 

@@ -130,15 +130,18 @@ class SubmititLauncher:
             raise MMGenError(f"--launcher {self.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[Task, str], None],
-            on_done: Callable[[Task, int], None]) -> dict[str, int]:
+            on_done: Callable[..., None]) -> dict[str, int]:
+        """Submit every task, then ``on_done(task, exit code)`` as each job ends. An interruption
+        (Ctrl-C, or SIGTERM through ``mmgen bench``) cancels the jobs not done, calls
+        ``on_done(task, -15, True)`` for each, and propagates, as the local launcher does."""
         jobs = []
-        for task in tasks:
-            self.executor.update_parameters(name=f"mmgen-{task.label}")
-            job = self.executor.submit(task.fn, *task.args, os.getcwd(), None, 0)
-            jobs.append((task, job))
-            on_start(task, f"job {job.job_id}")
         codes: dict[str, int] = {}
         try:
+            for task in tasks:
+                self.executor.update_parameters(name=f"mmgen-{task.label}")
+                job = self.executor.submit(task.fn, *task.args, os.getcwd(), None, 0)
+                jobs.append((task, job))
+                on_start(task, f"job {job.job_id}")
             while len(codes) < len(jobs):
                 for task, job in jobs:
                     if task.label in codes or not job.done():
@@ -155,6 +158,7 @@ class SubmititLauncher:
             for task, job in jobs:
                 if task.label not in codes:
                     job.cancel(check=False)
+                    on_done(task, -15, True)  # interrupted: "interrupted" in the report, not "incomplete"
             raise
         return codes
 
