@@ -34,6 +34,16 @@ _KERNELS = {
                    partial(torch.ops.aten.leaky_relu_backward.default, negative_slope=_LEAKY_SLOPE, self_is_result=False)),
     "silu": (F.silu, torch.ops.aten.silu_backward.default),
 }
+# activation -> (act(a) into out, g * act'(a) into out): the same kernels writing into given tensors
+_OUT_KERNELS = {
+    "gelu": (lambda a, out: torch._C._nn.gelu(a, out=out),
+             lambda g, a, out: torch.ops.aten.gelu_backward.grad_input(g, a, grad_input=out)),
+    "leaky_relu": (lambda a, out: torch._C._nn.leaky_relu(a, _LEAKY_SLOPE, out=out),
+                   lambda g, a, out: torch.ops.aten.leaky_relu_backward.grad_input(
+                       g, a, _LEAKY_SLOPE, False, grad_input=out)),
+    "silu": (lambda a, out: torch._C._nn.silu(a, out=out),
+             lambda g, a, out: torch.ops.aten.silu_backward.grad_input(g, a, grad_input=out)),
+}
 _ATEN_ELTWISE_BELOW = 32768  # activation elements per call under which ATen's kernels beat oneDNN's
 SIGMA0_RANGE = (1e-19, 1e19)  # sigma0^2 and 1/sigma0^2 stay below float32's largest value, 3.4e38
 ACTIVATIONS = {"gelu": nn.GELU, "leaky_relu": lambda: nn.LeakyReLU(_LEAKY_SLOPE), "silu": nn.SiLU}
@@ -172,6 +182,41 @@ class EnergyMLP(nn.Module):
 
         return body
 
+    def _buffered_body(self, weights: list[tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
+        """:meth:`_bound_body` without the value, each intermediate written into a tensor allocated
+        at the first call for that batch shape and reused by every later call: a chain's steps
+        then touch the same memory, which stays in cache (3-6% of a CPU step at batch 64,
+        docs/benchmarks.md). The result is one of those tensors, overwritten by the next call:
+        for a caller that uses it at once (a Langevin transition)."""
+        act, act_backward = _OUT_KERNELS[self.activation]
+        *hidden, (w_out, _) = weights
+        forward = [(bias, weight.t()) for weight, bias in hidden]  # addmm(b, h, W^T) = linear(h, W, b)
+        backward = [weight for weight, _ in hidden[:0:-1]]  # W_L, ..., W_2
+        buffers: dict[tuple, tuple[list[Tensor], ...]] = {}
+
+        def allocate(z: Tensor) -> tuple[list[Tensor], ...]:
+            new = [z.new_empty(z.size(0), weight.size(0)) for weight, _ in hidden]
+            pre, h, d = new, [z.new_empty(t.shape) for t in new[:-1]], [z.new_empty(t.shape) for t in new]
+            g = [z.new_empty(z.size(0), weight.size(1)) for weight in backward]
+            return pre, h, d, g, [w_out.expand(z.size(0), -1)]
+
+        def body(z: Tensor) -> Tensor:
+            key = (z.shape, z.dtype, z.device)
+            pre, h, d, g, (top,) = buffers.get(key) or buffers.setdefault(key, allocate(z))
+            x = z
+            for i, (bias, weight_t) in enumerate(forward):
+                torch.addmm(bias, x, weight_t, out=pre[i])
+                if i < len(h):
+                    x = act(pre[i], h[i])
+            act_backward(top, pre[-1], d[-1])
+            for j, weight in enumerate(backward):  # layer L - j back to layer L - j - 1
+                i = len(pre) - 1 - j
+                torch.mm(d[i], weight, out=g[j])
+                act_backward(g[j], pre[i - 1], d[i - 1])
+            return d[0]
+
+        return body
+
     def score(self, z_coeff: float = 0.0) -> Callable[[Tensor], Tensor]:
         """:meth:`grad` as a function bound to the weights as they are now: what a chain calls.
 
@@ -211,10 +256,10 @@ class EnergyMLP(nn.Module):
         if self._parametrized or len(self._linears) < 2:
             return None
         weights = self.layer_weights()
-        body, w_in = self._bound_body(weights, False), weights[0][0]
+        body, w_in = self._buffered_body(weights), weights[0][0]
 
         def move(z: Tensor, eps: Tensor, a: float, b: float) -> Tensor:
-            delta = body(z)[1]
+            delta = body(z)
             k = as_float32(1.0 + a * z_coeff)
             if k == 0.0:  # the Gaussian term cancels z exactly
                 return torch.addmm(eps, delta, w_in, beta=b, alpha=a)
