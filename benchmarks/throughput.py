@@ -96,15 +96,17 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         optimizer.zero_grad(set_to_none=True)
         return out
 
-    times, cpu_times = [], []
+    times, cpu_times, host_times = [], [], []
     for i in range(warmup + steps):
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
         out = step()
+        t1 = time.perf_counter()  # on CUDA: every kernel of the step enqueued, not necessarily run
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
+            host_times.append(t1 - t0)
     # The median step: robust to the odd step slowed by another process on a shared machine.
     median = statistics.median(times)
     ops = where_time_goes(step, profile_steps) if profile_steps else None
@@ -121,6 +123,10 @@ def bench_recipe(recipe: str, device: str, batch_size: int, steps: int, warmup: 
         # CPU time of this process (all its threads): what a step costs when other processes
         # share the cores; with --threads 1 it approximates an idle machine's wall time.
         "cpu_ms_per_step": round(1000 * statistics.median(cpu_times), 2),
+        # Until step() returns, without waiting for the device: the host's share of a step. A
+        # step has no host-device sync, so on CUDA host ms close to ms/step means the GPU waits
+        # for the host (launch- and Python-bound); much lower means the GPU is the limit.
+        "host_ms_per_step": round(1000 * statistics.median(host_times), 2),
         "modalities": train_set.num_modalities,
         "networks": f"{m['encoder']['name']}/{m['decoder']['name']}",
         "objective": f"{m['objective']['name']} (k={m['objective'].get('k', 1)})",
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()  # other processes on the machine skew CPU timings: record them
     rows = []
     header = (f"{'recipe':<22}{'device':<7}{'networks':<14}{'objective':<16}{'ms/step':>10}{'tuples/s':>10}"
-              f"{'cpu ms':>10}{'peak MiB':>10}")
+              f"{'host ms':>10}{'cpu ms':>10}{'peak MiB':>10}")
     print(header)
     print("-" * len(header))
     for device in devices:
@@ -174,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             peak = row["peak_cuda_mib"] if device == "cuda" else row["peak_rss_mib"]
             print(f"{recipe:<22}{device:<7}{row['networks']:<14}{row['objective']:<16}"
-                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['cpu_ms_per_step']:>10.1f}"
+                  f"{row['ms_per_step']:>10.1f}{row['tuples_per_s']:>10.1f}{row['host_ms_per_step']:>10.1f}"
+                  f"{row['cpu_ms_per_step']:>10.1f}"
                   f"{peak:>10.0f}", flush=True)
             if row["top_ops"]:
                 print("    " + ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in row["top_ops"]), flush=True)

@@ -31,6 +31,8 @@ def test_throughput_script_times_and_profiles_a_recipe(tmp_path):
     assert row["recipe"] == "mvae" and row["batch_size"] == 8 and row["steps"] == 2
     assert row["networks"] == "mlp/mlp" and row["modalities"] == 2  # the overrides reached the recipe
     assert row["ms_per_step"] > 0 and abs(row["tuples_per_s"] * row["ms_per_step"] / 1000 - 8) < 0.01
+    # on the CPU the host's share is the whole step (nothing runs asynchronously)
+    assert 0.5 * row["ms_per_step"] <= row["host_ms_per_step"] <= row["ms_per_step"]
     ops = row["top_ops"]
     assert len(ops) == 8 and all(o["op"] and o["self_cpu_ms_per_step"] >= 0 for o in ops)
     assert 0 < sum(o["share"] for o in ops) <= 1.0 + 1e-6
