@@ -185,9 +185,10 @@ class EnergyMLP(nn.Module):
     def _buffered_body(self, weights: list[tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
         """:meth:`_bound_body` without the value, each intermediate written into a tensor allocated
         at the first call for that batch shape and reused by every later call: a chain's steps
-        then touch the same memory, which stays in cache (3-6% of a CPU step at batch 64,
-        docs/benchmarks.md). The result is one of those tensors, overwritten by the next call:
-        for a caller that uses it at once (a Langevin transition)."""
+        then touch the same memory, which stays in cache (a few percent of a CPU step at batch
+        64, docs/benchmarks.md). The result is one of those tensors, overwritten by the next call:
+        for a caller that uses it at once (a Langevin transition). ``out=`` kernels do not
+        differentiate, so it runs without autograd, as a chain does (``LangevinKernel.context``)."""
         act, act_backward = _OUT_KERNELS[self.activation]
         *hidden, (w_out, _) = weights
         forward = [(bias, weight.t()) for weight, bias in hidden]  # addmm(b, h, W^T) = linear(h, W, b)
@@ -252,7 +253,8 @@ class EnergyMLP(nn.Module):
         into its last matmul: z' = addmm(k z + b eps, df/da_1, W_1, alpha=a) with k = 1 + a z_coeff,
         one kernel fewer than computing the gradient and adding it. Bound like :meth:`score`;
         None where there is no matmul to fold into (a linear energy) or the weights are computed
-        per call (spectral norm)."""
+        per call (spectral norm). Call it without autograd (the kernel's ``context``): its
+        intermediates live in reused buffers (:meth:`_buffered_body`)."""
         if self._parametrized or len(self._linears) < 2:
             return None
         weights = self.layer_weights()
