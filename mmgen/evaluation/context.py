@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,73 +202,78 @@ class EvalContext:
         return {t: self.model.decode(t, z, None if w is None else w[:, t]).clamp(0, 1) for t in targets}
 
     # -- the shared passes ---------------------------------------------------------------------
-    def joint(self) -> JointPass:
-        """Classify N unconditional samples (computed once per evaluation)."""
-        if "joint" not in self.cache:
+    def _shared_pass(self, name: str, seed_offset: int, compute: Callable[[Any], Any]) -> Any:
+        """``compute(classifiers)`` once per evaluation, from its own seed offset (so a number does
+        not depend on which other metrics ran), cached as ``name`` and timed as ``<name>_pass``."""
+        if name not in self.cache:
             classifiers = self.require_classifiers()
             t0 = time.perf_counter()
-            self.reseed(1)
-            M = self.num_modalities
-            preds, moments = [], [Moments() for _ in range(M)]
-            task = self.task("joint samples", self.n)
-            for start in range(0, self.n, self.batch_size):
-                b = min(self.batch_size, self.n - start)
-                xs = self.model.generate(b, self.device)  # M x (b, *shape_m)
-                row = []
-                for m, x in enumerate(xs):
-                    p, f = classifiers.classify(m, x)
-                    row.append(p.cpu())
-                    moments[m].update(f)
-                preds.append(torch.stack(row, 1))  # (b, M)
-                task.advance(b)
-            self.cache["joint"] = JointPass(torch.cat(preds), moments)
-            self.timings["joint_pass"] = time.perf_counter() - t0
-        return self.cache["joint"]
+            self.reseed(seed_offset)
+            self.cache[name] = compute(classifiers)
+            self.timings[f"{name}_pass"] = time.perf_counter() - t0
+        return self.cache[name]
+
+    def joint(self) -> JointPass:
+        """Classify N unconditional samples (computed once per evaluation)."""
+        return self._shared_pass("joint", 1, self._joint_pass)
+
+    def _joint_pass(self, classifiers: ClassifierSet) -> JointPass:
+        M = self.num_modalities
+        preds, moments = [], [Moments() for _ in range(M)]
+        task = self.task("joint samples", self.n)
+        for start in range(0, self.n, self.batch_size):
+            b = min(self.batch_size, self.n - start)
+            xs = self.model.generate(b, self.device)  # M x (b, *shape_m)
+            row = []
+            for m, x in enumerate(xs):
+                p, f = classifiers.classify(m, x)
+                row.append(p.cpu())
+                moments[m].update(f)
+            preds.append(torch.stack(row, 1))  # (b, M)
+            task.advance(b)
+        return JointPass(torch.cat(preds), moments)
 
     def cross(self) -> CrossPass:
         """Classify every target generated from every proper subset, for every test tuple (once)."""
-        if "cross" not in self.cache:
-            classifiers = self.require_classifiers()
-            t0 = time.perf_counter()
-            self.reseed(2)
-            M = self.num_modalities
-            subsets = conditioning_subsets(M)
-            pairs = coherence_pairs(M)
-            preds: dict[Any, list[Tensor]] = {p: [] for p in pairs}
-            moments = {p: Moments() for p in pairs}
-            valid: dict[Any, list[Tensor]] = {s: [] for s in subsets}
-            labels = []
-            task = self.task("cross generation", len(subsets) * self.test_size)
-            # Batches outside, subsets inside: each test batch moves to the device once and each
-            # encoder sees it (and its blank) once, not once per subset.
-            with memoized_encoders(self.model):
-                for batch in self.test_batches():
-                    labels.append(batch.label.cpu())
-                    blanks = [torch.zeros_like(x) for x in batch.x]
-                    for s in subsets:
-                        ok = batch.mask[:, list(s)].all(1)  # (B,)
-                        valid[s].append(ok.cpu())
-                        targets = [t for t in range(M) if t not in s]
-                        # Only rows that observe all of s are scored (and generated from: a row
-                        # that observes none of s has no posterior to sample).
-                        part = self.observing(batch, s)
-                        if part is None:
-                            for t in targets:
-                                preds[(s, t)].append(torch.full(ok.shape, -1, dtype=torch.long))
-                        else:
-                            part_blanks = blanks if part is batch else [b[ok] for b in blanks]
-                            for t, x in self.generate_targets(part, s, targets, part_blanks).items():
-                                p, f = classifiers.classify(t, x)
-                                if part is not batch:  # back to one prediction per row, -1 where unscored
-                                    p = torch.full(ok.shape, -1, dtype=p.dtype, device=p.device).masked_scatter(ok, p)
-                                preds[(s, t)].append(p.cpu())
-                                moments[(s, t)].update(f)
-                        task.advance(len(batch))
-            self.cache["cross"] = CrossPass(
-                torch.cat(labels), {k: torch.cat(v) for k, v in preds.items()},
-                {k: torch.cat(v) for k, v in valid.items()}, moments)
-            self.timings["cross_pass"] = time.perf_counter() - t0
-        return self.cache["cross"]
+        return self._shared_pass("cross", 2, self._cross_pass)
+
+    def _cross_pass(self, classifiers: ClassifierSet) -> CrossPass:
+        M = self.num_modalities
+        subsets = conditioning_subsets(M)
+        pairs = coherence_pairs(M)
+        preds: dict[Any, list[Tensor]] = {p: [] for p in pairs}
+        moments = {p: Moments() for p in pairs}
+        valid: dict[Any, list[Tensor]] = {s: [] for s in subsets}
+        labels = []
+        task = self.task("cross generation", len(subsets) * self.test_size)
+        # Batches outside, subsets inside: each test batch moves to the device once and each
+        # encoder sees it (and its blank) once, not once per subset.
+        with memoized_encoders(self.model):
+            for batch in self.test_batches():
+                labels.append(batch.label.cpu())
+                blanks = [torch.zeros_like(x) for x in batch.x]
+                for s in subsets:
+                    ok = batch.mask[:, list(s)].all(1)  # (B,)
+                    valid[s].append(ok.cpu())
+                    targets = [t for t in range(M) if t not in s]
+                    # Only rows that observe all of s are scored (and generated from: a row
+                    # that observes none of s has no posterior to sample).
+                    part = self.observing(batch, s)
+                    if part is None:
+                        for t in targets:
+                            preds[(s, t)].append(torch.full(ok.shape, -1, dtype=torch.long))
+                    else:
+                        part_blanks = blanks if part is batch else [b[ok] for b in blanks]
+                        for t, x in self.generate_targets(part, s, targets, part_blanks).items():
+                            p, f = classifiers.classify(t, x)
+                            if part is not batch:  # back to one prediction per row, -1 where unscored
+                                p = torch.full(ok.shape, -1, dtype=p.dtype, device=p.device).masked_scatter(ok, p)
+                            preds[(s, t)].append(p.cpu())
+                            moments[(s, t)].update(f)
+                    task.advance(len(batch))
+        return CrossPass(
+            torch.cat(labels), {k: torch.cat(v) for k, v in preds.items()},
+            {k: torch.cat(v) for k, v in valid.items()}, moments)
 
     def real(self) -> list[Moments]:
         """Feature moments of the real test images, per modality (the FD reference)."""
