@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import BooleanNode, FloatNode, IntegerNode, StringNode
 
 from mmgen.errors import ConfigError, MMGenError, did_you_mean
 from mmgen.registry import Registry
@@ -215,6 +216,10 @@ def compose(recipe: str | None = None, config_file: str | None = None,
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
+# The value type a typed config field expects, as an error message names it.
+_NODE_TYPES = {FloatNode: "float", IntegerNode: "int", BooleanNode: "bool", StringNode: "str"}
+
+
 def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], skip: set[str]) -> None:
     """Copy ``data`` into the typed ``schema`` leaf by leaf, collecting one error per bad key."""
     if not isinstance(data, dict):
@@ -224,16 +229,17 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
         key_path = f"{path}.{key}" if path else str(key)
         if key_path in skip:
             continue
-        if key not in schema:
+        if key not in schema.keys():  # (`key in schema` is False for a field without a default)
             valid = [str(k) for k in schema.keys()]
             errors.append(f"{key_path}: unknown key{did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}")
             continue
-        if isinstance(value, dict) and isinstance(schema[key], DictConfig):
+        if isinstance(value, dict) and isinstance(schema._get_node(key), DictConfig):
             _merge_checked(schema[key], value, key_path, errors, skip)
             continue
-        if isinstance(schema[key], float) and isinstance(value, int) and not isinstance(value, bool):
+        is_float = isinstance(schema._get_node(key), FloatNode)
+        if is_float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # `scale=1` means 1.0; OmegaConf warns about the implicit cast
-        elif isinstance(schema[key], float) and isinstance(value, str):
+        elif is_float and isinstance(value, str):
             try:  # `lr=nan` or `lr=inf` from an override arrive as text: convert without OmegaConf's warning
                 value = float(value)
             except ValueError:
@@ -241,7 +247,8 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
         try:
             schema[key] = value
         except OmegaConfBaseException as exc:
-            expected = type(schema[key]).__name__ if not isinstance(schema[key], ListConfig) else "list"
+            node = schema._get_node(key)
+            expected = "list" if isinstance(node, ListConfig) else _NODE_TYPES.get(type(node), type(node).__name__)
             msg = str(exc).splitlines()[0]
             errors.append(f"{key_path}: invalid value {value!r} (expected {expected}): {msg}")
 
@@ -307,7 +314,12 @@ def _resolve_component(raw: Any, path: str, kind: str, registry: Registry, error
     schema = OmegaConf.structured(component.config)
     OmegaConf.set_struct(schema, True)
     _merge_checked(schema, params, path, errors, set())
-    errors += [f"{path}.{error}" for error in post_init_errors(component.config, schema)]
+    unset = [str(key) for key in schema.keys() if OmegaConf.is_missing(schema, key)]
+    named = {e.split(":", 1)[0] for e in errors}  # (a value given but invalid is reported as such)
+    errors += [f"{path}.{key}: missing; {kind} '{name}' has no default for it: set {path}.{key}=VALUE"
+               for key in unset if f"{path}.{key}" not in named]
+    if not unset:  # (the dataclass cannot be built without them)
+        errors += [f"{path}.{error}" for error in post_init_errors(component.config, schema)]
     return {"name": name, **OmegaConf.to_container(schema)}  # type: ignore[dict-item]
 
 

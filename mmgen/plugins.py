@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -22,6 +23,7 @@ from mmgen.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "mmgen"
 DISABLE_ENV = "MMGEN_DISABLE_PLUGINS"
+BUILTIN = "builtin"  # the built-in components' entry point, loaded first
 
 
 class PluginWarning(UserWarning):
@@ -56,27 +58,47 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
     """Create a plugin manager, load every plugin and return it with a filled registry.
 
     ``extra_modules`` are importable module paths (a config's ``plugins:`` list) registered
-    after the entry points; a failure to import one of those is an error, since the user asked
-    for it by name. A broken entry-point plugin only warns.
+    after the entry points; any failure of one of those (it does not import, a misspelled hook,
+    a name another plugin registered) is an error, since the user asked for it by name. An
+    entry-point plugin with such a failure is skipped whole, with one warning naming it and
+    why, and everything else keeps working: an installed third-party plugin never takes the CLI
+    down. The built-in plugin loads first, so a name clash skips the plugin that came later.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     versions: dict[str, str] = {}
     broken: dict[str, str] = {}
+    named: set[str] = set()  # the config's plugin modules
     disabled = _disabled()
 
+    def fail(name: str, why: str, what: str = "is skipped") -> None:
+        if name in named:
+            raise MMGenError(f"plugins: module '{name}': {why}")
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+        versions.pop(name, None)
+        _mark_broken(broken, name, why, what)
+
+    def add(module, name: str) -> bool:
+        try:  # pluggy checks each hook's argument names against its spec here
+            pm.register(module, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            fail(name, str(exc))
+            return False
+        return True
+
     if entry_points:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(eps, key=lambda e: (e.name != BUILTIN, e.name)):
             if ep.name in disabled or pm.has_plugin(ep.name):
                 continue
             try:
                 module = ep.load()
             except Exception as exc:  # a third-party plugin must never take the CLI down
-                _mark_broken(broken, ep.name, f"{type(exc).__name__}: {exc}",
-                             f"({ep.value}) failed to load and is skipped")
+                fail(ep.name, f"{type(exc).__name__}: {exc}", f"({ep.value}) failed to load and is skipped")
                 continue
-            pm.register(module, name=ep.name)
-            versions[ep.name] = ep.dist.version if ep.dist is not None else _module_version(module)
+            if add(module, ep.name):
+                versions[ep.name] = ep.dist.version if ep.dist is not None else _module_version(module)
 
     for path in extra_modules:
         if path in disabled or pm.has_plugin(path):
@@ -85,27 +107,57 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
             module = importlib.import_module(path)
         except Exception as exc:
             raise MMGenError(f"plugins: cannot import plugin module '{path}': {exc}") from None
-        pm.register(module, name=path)
-        versions[path] = _module_version(module)
+        named.add(path)
+        if add(module, path):
+            versions[path] = _module_version(module)
 
-    # A hookimpl whose name matches no hookspec (a typo such as register_encoder) fails loudly.
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise MMGenError(f"plugin error: {exc}") from None
+    # A hook whose name matches no hookspec (a typo such as register_prior) would never be called.
+    valid = ", ".join(sorted(name for name in dir(hookspecs) if name.startswith("register_")))
+    for name, hooks in _unknown_hooks(pm).items():
+        fail(name, f"unknown hook {', '.join(hooks)}; valid hooks: {valid}")
 
+    # Each plugin's components go into a registry of their own first and join the shared one
+    # all together, or not at all when a hook fails or a name is taken.
     registry = Registry()
-    for kind in KINDS:
-        hook = getattr(pm.hook, f"register_{kind}s")
-        for impl in hook.get_hookimpls():
-            if impl.plugin_name in broken:
-                continue
-            register = registry.make_register(kind, impl.plugin_name, versions.get(impl.plugin_name, "unknown"))
-            try:
-                impl.function(register=register)
-            except MMGenError:
-                raise  # a registry contract (duplicate name, ...) is the user's to fix
-            except Exception as exc:
-                _mark_broken(broken, impl.plugin_name, f"{type(exc).__name__} in register_{kind}s: {exc}",
-                             f"failed in register_{kind}s and some of its components are missing")
+    for name, _ in pm.list_name_plugin():
+        own = Registry()
+        try:
+            for kind in KINDS:
+                for impl in getattr(pm.hook, f"register_{kind}s").get_hookimpls():
+                    if impl.plugin_name == name:
+                        try:
+                            impl.function(register=own.make_register(kind, name, versions.get(name, "unknown")))
+                        except MMGenError:
+                            raise
+                        except Exception as exc:
+                            raise MMGenError(f"{type(exc).__name__} in register_{kind}s: {exc}") from None
+            registry.merge(own)
+        except MMGenError as exc:
+            fail(name, str(exc))
     return Plugins(pm, registry, versions, broken)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, list[str]]:
+    """plugin name -> the hook implementations it defines that match no hookspec."""
+    unknown: dict[str, list[str]] = {}
+    for hook_name, caller in vars(pm.hook).items():
+        if hook_name.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                unknown.setdefault(impl.plugin_name, []).append(f"'{hook_name}'")
+    return unknown
+
+
+def add_commands(plugins: Plugins, cli: Any) -> None:
+    """Let every plugin add its commands to ``cli`` (a Typer app). A plugin whose
+    ``register_commands`` raises is recorded as broken and warned about, and the commands it
+    added before failing are taken out again; the other commands keep working."""
+    for impl in plugins.manager.hook.register_commands.get_hookimpls():
+        before = len(cli.registered_commands), len(cli.registered_groups)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # a third-party plugin must never take the CLI down
+            del cli.registered_commands[before[0]:], cli.registered_groups[before[1]:]
+            _mark_broken(plugins.broken, impl.plugin_name, f"{type(exc).__name__} in register_commands: {exc}",
+                         "failed to add its commands, which are skipped")

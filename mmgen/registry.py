@@ -69,13 +69,24 @@ class Registry:
                 f"{component.kind} '{component.name}' from plugin '{component.plugin}': "
                 "config must be a dataclass"
             )
+        self._check_free(component)
+        self._components[component.kind][component.name] = component
+
+    def _check_free(self, component: Component) -> None:
         existing = self._components[component.kind].get(component.name)
         if existing is not None:
             raise MMGenError(
                 f"duplicate {component.kind} '{component.name}': registered by plugin "
                 f"'{existing.plugin}' and by plugin '{component.plugin}'"
             )
-        self._components[component.kind][component.name] = component
+
+    def merge(self, other: Registry) -> None:
+        """Add every component of ``other``, or none of them: a name already taken here is an
+        error (the first such, naming both plugins) that leaves this registry as it was."""
+        for component in other:
+            self._check_free(component)
+        for component in other:
+            self._components[component.kind][component.name] = component
 
     def get(self, kind: str, name: str) -> Component:
         """Look a component up; an unknown name lists the registered ones."""

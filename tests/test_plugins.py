@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -26,6 +28,12 @@ def fake_distribution(site: Path, dist: str, entry_points: dict[str, str], modul
     (info / "entry_points.txt").write_text(f"[mmgen]\n{lines}\n")
     for name, source in modules.items():
         (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+def console_script(site: Path, *args: str) -> subprocess.CompletedProcess:
+    """``mmgen ARGS`` in a fresh process that sees the distributions installed into ``site``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "mmgen.cli.main", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture
@@ -105,28 +113,124 @@ def test_broken_plugin_warns_once_and_everything_else_works(site):
     assert "moe" in result.stdout and "broken" in result.stdout
 
 
-def test_duplicate_component_from_two_plugins_names_both(site):
+def test_duplicate_component_skips_the_later_plugin_whole_and_names_both(site):
     fake_distribution(site, "mmgen-testplugin-dup", {"dup": "mmgen_testplugin_dup"}, {"mmgen_testplugin_dup": """
         from mmgen.hookspecs import hookimpl
+        @hookimpl
+        def register_priors(register):
+            register("dup-own", object)
         @hookimpl
         def register_aggregators(register):
             register("moe", object)
     """})
-    from mmgen.errors import MMGenError
-    with pytest.raises(MMGenError, match="duplicate aggregator 'moe'.*'builtin'.*'dup'"):
-        create_plugin_manager()
+    with pytest.warns(PluginWarning, match="mmgen plugin 'dup' is skipped: duplicate aggregator 'moe'.*'builtin'.*'dup'"):
+        plugins = create_plugin_manager()
+    assert plugins.registry.get("aggregator", "moe").plugin == "builtin"
+    assert "dup-own" not in plugins.registry.names("prior")  # all of the plugin or none of it
+    assert list(plugins.broken) == ["dup"]
+    # Every command still works, the clash is said once (the app and the command both load the
+    # plugins), and `mmgen plugins` names the culprit.
+    result = CliRunner().invoke(create_app(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "broken plugin dup: duplicate aggregator 'moe'" in result.stdout
+    result = console_script(site, "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("duplicate aggregator 'moe'") == 1
 
 
-def test_misspelled_hook_fails_loudly(site):
-    fake_distribution(site, "mmgen-testplugin-typo", {"typo": "mmgen_testplugin_typo"}, {"mmgen_testplugin_typo": """
+def test_duplicate_component_from_a_config_named_module_is_a_one_line_error(site, tiny_overrides):
+    (site / "mmgen_testplugin_clash.py").write_text(textwrap.dedent("""
         from mmgen.hookspecs import hookimpl
         @hookimpl
-        def register_prior(register):
-            pass
+        def register_priors(register):
+            register("ebm", object)
+    """))
+    result = CliRunner().invoke(create_app(), ["config", "show", "plugins=[mmgen_testplugin_clash]"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: plugins: module 'mmgen_testplugin_clash': duplicate prior 'ebm': registered by plugin "
+        "'builtin' and by plugin 'mmgen_testplugin_clash'"]
+
+
+@pytest.mark.parametrize("hooks, why", [
+    ("def register_prior(register):\n    pass",  # a misspelled hook would never be called
+     "unknown hook 'register_prior'; valid hooks: register_aggregators, register_commands, "),
+    ("def register_priors(reg):\n    pass",  # an argument the hook is not given
+     "hook 'register_priors'"),
+])
+def test_malformed_hooks_skip_the_plugin_with_one_warning(site, hooks, why):
+    source = "from mmgen.hookspecs import hookimpl\n@hookimpl\n" + hooks + "\n"
+    fake_distribution(site, "mmgen-testplugin-typo", {"typo": "mmgen_testplugin_typo"}, {"mmgen_testplugin_typo": source})
+    with pytest.warns(PluginWarning, match="mmgen plugin 'typo' is skipped: ") as record:
+        plugins = create_plugin_manager()
+    assert why in str(record[0].message)
+    assert list(plugins.broken) == ["typo"] and "moe" in plugins.registry.names("aggregator")
+    result = CliRunner().invoke(create_app(), ["--help"])
+    assert result.exit_code == 0 and "train" in result.stdout
+
+
+def test_a_hook_failing_part_way_registers_none_of_the_plugins_components(site):
+    fake_distribution(site, "mmgen-testplugin-half", {"half": "mmgen_testplugin_half"}, {"mmgen_testplugin_half": """
+        from mmgen.hookspecs import hookimpl
+        @hookimpl
+        def register_datasets(register):
+            register("half-data", object)
+        @hookimpl
+        def register_priors(register):
+            register("half-prior", object)
+            raise RuntimeError("boom")
     """})
-    from mmgen.errors import MMGenError
-    with pytest.raises(MMGenError, match="register_prior"):
-        create_plugin_manager()
+    with pytest.warns(PluginWarning, match="mmgen plugin 'half' is skipped: RuntimeError in register_priors: boom"):
+        plugins = create_plugin_manager()
+    assert "half-data" not in plugins.registry.names("dataset")
+    assert "half-prior" not in plugins.registry.names("prior")
+
+
+def test_a_failing_register_commands_hook_leaves_every_other_command_working(site):
+    fake_distribution(site, "mmgen-testplugin-cmd", {"cmd": "mmgen_testplugin_cmd"}, {"mmgen_testplugin_cmd": """
+        from mmgen.hookspecs import hookimpl
+        @hookimpl
+        def register_commands(cli):
+            cli.command("half-added")(lambda: None)
+            raise RuntimeError("boom in commands")
+    """})
+    result = console_script(site, "plugins")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("mmgen plugin 'cmd' failed to add its commands, which are skipped: "
+                               "RuntimeError in register_commands: boom in commands") == 1
+    result = console_script(site, "half-added")  # taken out again with the failure
+    assert result.returncode == 2 and "No such command 'half-added'" in result.stderr
+
+
+def test_a_config_field_without_default_is_required_and_accepted_when_given(site, tiny_overrides):
+    (site / "mmgen_testplugin_required.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+        from mmgen.hookspecs import hookimpl
+        from mmgen_builtin.priors.gaussian import FixedPriorConfig, GaussianPrior
+
+        @dataclass
+        class RequiredConfig:
+            scale: float
+            n: int = 2
+
+        @hookimpl
+        def register_priors(register):
+            register("required", lambda cfg, dim: GaussianPrior(FixedPriorConfig(), dim), RequiredConfig)
+    """))
+    from mmgen.cli.common import resolved_config
+    from mmgen.errors import ConfigError
+
+    base = [*tiny_overrides, "plugins=[mmgen_testplugin_required]", "model.prior.name=required"]
+    cfg, _ = resolved_config(None, None, {}, [*base, "model.prior.scale=2"])  # was OmegaConf's MissingMandatoryValue
+    assert cfg["model"]["prior"] == {"name": "required", "scale": 2.0, "n": 2}
+    with pytest.raises(ConfigError) as info:
+        resolved_config(None, None, {}, base)
+    assert info.value.errors == ["model.prior.scale: missing; prior 'required' has no default for it: "
+                                 "set model.prior.scale=VALUE"]
+    with pytest.raises(ConfigError) as info:  # a value given but invalid is reported as that alone
+        resolved_config(None, None, {}, [*base, "model.prior.scale=abc"])
+    assert len(info.value.errors) == 1 and info.value.errors[0].startswith(
+        "model.prior.scale: invalid value 'abc' (expected float)")
 
 
 def test_disable_plugins_env(monkeypatch, site):
@@ -156,7 +260,6 @@ def test_config_plugin_list_loads_module(site, tiny_overrides, plugins):
 def test_engine_imports_no_builtin_component():
     """mmgen/ reaches components only through the registry: no import of the built-in package."""
     import ast
-    import subprocess
 
     offenders = []
     for path in (REPO / "mmgen").rglob("*.py"):

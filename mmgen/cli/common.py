@@ -112,14 +112,32 @@ def data_override(run_dir: Path, data: str) -> dict[str, Any]:
     return cfg["data"]
 
 
-def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
-    """A fresh plugin manager; plugin load warnings go to stderr as one line each."""
+# Plugin warnings already printed by this CLI invocation: the app loads the plugins for their
+# commands, and a command loads them again (with its config's plugin modules); each is said once.
+_said: set[str] = set()
+
+
+def forget_warnings() -> None:
+    """Start a new invocation: every plugin warning may be printed again (:func:`create_app`)."""
+    _said.clear()
+
+
+@contextmanager
+def plugin_warnings() -> Iterator[None]:
+    """Inside: plugin warnings go to stderr as one line each, each text once per invocation."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plugins = create_plugin_manager(extra_modules)
+        yield
     for w in caught:
-        err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
-    return plugins
+        if str(w.message) not in _said:
+            _said.add(str(w.message))
+            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", soft_wrap=True)
+
+
+def load_plugins(extra_modules: list[str] | tuple[str, ...] = ()) -> Plugins:
+    """A fresh plugin manager (its load warnings printed by :func:`plugin_warnings`)."""
+    with plugin_warnings():
+        return create_plugin_manager(extra_modules)
 
 
 def resolved_config(recipe: str | None, config_file: str | None, shortcuts: dict[str, Any],

@@ -7,12 +7,13 @@ import typer
 from mmgen import __version__
 from mmgen.cli.bench import bench
 from mmgen.cli.classifiers import classifiers_app
-from mmgen.cli.common import OneLineErrorsGroup
+from mmgen.cli.common import OneLineErrorsGroup, forget_warnings, load_plugins, plugin_warnings
 from mmgen.cli.config_cmd import config_app, validate
 from mmgen.cli.evaluate import evaluate
 from mmgen.cli.plugins_cmd import plugins
 from mmgen.cli.sample import sample
 from mmgen.cli.train import train
+from mmgen.plugins import add_commands
 
 
 def _version(value: bool) -> None:
@@ -46,11 +47,11 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
     app.command()(validate)
     app.add_typer(config_app, name="config")
     app.add_typer(classifiers_app, name="classifiers")
+    forget_warnings()
     if with_plugin_commands:
-        from mmgen.cli.common import load_plugins
-
         loaded = load_plugins()
-        loaded.manager.hook.register_commands(cli=app)
+        with plugin_warnings():
+            add_commands(loaded, app)
     return app
 
 
