@@ -35,6 +35,14 @@ class DivergenceError(MMGenError):
     """Training produced a non-finite value and the policy is to stop."""
 
 
+class Interrupted(MMGenError):
+    """A signal stopped training, which saved where it was: exit 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest valid name, or ''."""
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
 from mmgen.config import component_config, to_yaml
 from mmgen.data import EpochBatches, MultimodalDataset
-from mmgen.errors import CheckpointError, DivergenceError, MMGenError
+from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
 from mmgen.plugins import Plugins
@@ -164,6 +166,38 @@ def save_samples(model: MultimodalModel, test_set: MultimodalDataset, path: Path
     model.train(was_training)
 
 
+class _StopRequest:
+    """Inside: Ctrl-C (SIGINT) or ``kill`` (SIGTERM) asks the training loop to stop after the
+    step it is in and save a checkpoint there (``requested``); a second signal stops at once, as
+    before. Only a single process in its main thread installs the handlers: the processes of a
+    multi-process run would stop at different steps and wait on each other forever."""
+
+    def __init__(self, console: Console, active: bool):
+        self.console, self.signum = console, 0
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.console.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step and saving a "
+                           "checkpoint (again to stop at once)")
+
+    def __enter__(self) -> _StopRequest:
+        if self.active:
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def _accelerator(tcfg: dict[str, Any]):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
@@ -276,7 +310,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                             progress=vars(state), extra={"components": component_plugins(cfg, plugins),
                                                          "data_fingerprint": data_fingerprint})
 
-    if state.step == 0:
+    if state.step == 0 and not resume:  # (a resumed run restored the random state after it)
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
         with torch.no_grad():
             probe = train_set.batch(torch.arange(min(4, len(train_set)))).to(device)
@@ -317,7 +351,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         return latest_bad
 
     model.train()
-    with bar:
+    with bar, _StopRequest(console, active=accelerator.num_processes == 1) as stop:
         task = bar.add_task(f"training {cfg['name']}", total=total, completed=state.step, rate=0.0, loss="-")
         while state.step < total:
             batches = EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], state.epoch,
@@ -325,6 +359,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             whole_epoch, steps_before = state.batch == 0, state.step
             try:
                 for host_batch in batches.iterate(state.batch):
+                    if stop.requested:
+                        break
                     batch = host_batch.to(device)
                     with accelerator.autocast():
                         out = model(batch)
@@ -361,6 +397,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                         checkpoint("latest.pt")
                     if state.step >= total:
                         break
+                if stop.requested and state.step < total:  # between two steps: the state is whole; save it
+                    settle()
+                    checkpoint("latest.pt")
+                    raise Interrupted(f"interrupted by {signal.Signals(stop.signum).name} at step {state.step} of "
+                                      f"{total}; the run is saved there: mmgen train --resume {run_dir}", stop.signum)
             except _Rollback:
                 guard.clear()
                 rollbacks = state.rollbacks + 1

@@ -50,7 +50,8 @@ KILL_CFG = ["data.modalities=2", "data.train_size=160", "data.test_size=16", "mo
 
 # Runs `mmgen train` in a child; with MMGEN_TEST_STALL_CKPT=N it stalls forever inside the N-th
 # write of latest.pt, after the temp file is written and before the rename, and with
-# MMGEN_TEST_STALL_STEP=N inside the N-th optimizer step; either announces the stall by a file.
+# MMGEN_TEST_STALL_STEP=N inside the N-th optimizer step (until the file MMGEN_TEST_RELEASE exists);
+# either announces the stall by a file.
 CHILD = r"""
 import os, sys, time
 stall_step = int(os.environ.get("MMGEN_TEST_STALL_STEP", "0"))
@@ -61,7 +62,10 @@ if stall_step:
         steps["n"] += 1
         if steps["n"] == stall_step:
             open(os.environ["MMGEN_TEST_MARKER"], "w").close()
-            time.sleep(600)
+            release = os.environ.get("MMGEN_TEST_RELEASE")
+            deadline = time.time() + 600
+            while time.time() < deadline and not (release and os.path.exists(release)):
+                time.sleep(0.05)
         return real_step(self, *args, **kwargs)
     torch.optim.Adam.step = step
 stall = int(os.environ.get("MMGEN_TEST_STALL_CKPT", "0"))
@@ -140,6 +144,43 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference_
     assert_same_params(final_params(out), final_params(reference_run))
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))  # lines logged after the checkpoint were dropped, then redone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_saves_there_and_resume_is_bitwise_identical(tmp_path, reference_run, signum):
+    out, marker, release = tmp_path / "run", tmp_path / "stalled", tmp_path / "release"
+    # The signal lands inside step 14 (past the step-10 checkpoint, mid-epoch 0): that step ends,
+    # the run saves at step 14 and stops. Was: an exit at once, steps 11-14 lost.
+    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": "14", "MMGEN_TEST_MARKER": str(marker),
+                                                       "MMGEN_TEST_RELEASE": str(release)})
+    wait_for(marker.exists, proc)
+    proc.send_signal(signum)
+    time.sleep(0.5)
+    release.touch()
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 128 + signum, output
+    name = signal.Signals(signum).name
+    assert f"error: interrupted by {name} at step 14 of 40; the run is saved there: mmgen train --resume {out}" in output
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["progress"]["step"] == 14
+    assert logged_steps(out) == 14
+    result = cli("train", "--resume", str(out))
+    assert result.exit_code == 0, result.output
+    assert_same_params(final_params(out), final_params(reference_run))
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 41))
+
+
+@pytest.mark.slow
+def test_resume_from_the_first_checkpoint_is_bitwise_identical(tmp_path, reference_run):
+    out, marker = tmp_path / "run", tmp_path / "stalled"
+    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": "1", "MMGEN_TEST_MARKER": str(marker)})
+    wait_for(marker.exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["progress"]["step"] == 0
+    result = cli("train", "--resume", str(out))  # was: the sanity pass ran again and drew from the restored stream
+    assert result.exit_code == 0, result.output
+    assert_same_params(final_params(out), final_params(reference_run))
 
 
 @pytest.mark.slow
