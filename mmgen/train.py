@@ -168,8 +168,8 @@ def save_samples(model: MultimodalModel, test_set: MultimodalDataset, path: Path
 
 class _StopRequest:
     """Inside: Ctrl-C (SIGINT) or ``kill`` (SIGTERM) asks the training loop to stop after the
-    step it is in and save a checkpoint there (``requested``); a second signal stops at once, as
-    before. Only a single process in its main thread installs the handlers: the processes of a
+    step it is in and save a checkpoint there (``requested``); the same signal again stops at once,
+    as before. Only a single process in its main thread installs the handlers: the processes of a
     multi-process run would stop at different steps and wait on each other forever."""
 
     def __init__(self, console: Console, active: bool):
@@ -183,10 +183,14 @@ class _StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            # The same signal twice means "stop now"; another one (Ctrl-C in a terminal, then the
+            # SIGTERM that `mmgen bench` sends its runs as it stops) repeats the request.
+            if signum == self.signum:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         self.console.print(f"[yellow]{signal.Signals(signum).name}: stopping after this step and saving a "
-                           "checkpoint (again to stop at once)")
+                           f"checkpoint ({signal.Signals(signum).name} again to stop at once)")
 
     def __enter__(self) -> _StopRequest:
         if self.active:
