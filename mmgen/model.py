@@ -223,6 +223,38 @@ class MultimodalModel(nn.Module):
         return self.decode_all(*self.conditional_latents(batch, given, refine))
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
+
+
+@torch.no_grad()
+def check_network_shapes(spec: ModalitySpec, encoder: nn.Module, decoder: nn.Module, dim: int) -> None:
+    """One sample through a modality's encoder and decoder, so that a network that cannot take
+    the data's shape (a fixed-size architecture and images of another size) is reported when the
+    model is built, naming both shapes, not as a tensor error in the first step's loss."""
+    where = f"modality {spec.name}'s {_shape(spec.shape)} samples"
+    out = _probe(encoder, torch.zeros(1, *spec.shape), f"model.encoder: encoder '{encoder.registry_name}' cannot read {where}")
+    got = [tuple(t.shape) for t in out] if isinstance(out, (tuple, list)) and len(out) == 2 else None
+    if got != [(1, dim), (1, dim)]:
+        raise MMGenError(f"model.encoder: encoder '{encoder.registry_name}' must return (loc, raw_scale), {dim} numbers "
+                         f"each per sample, for {where}; got {got or type(out).__name__}")
+    out = _probe(decoder, torch.zeros(1, dim), f"model.decoder: decoder '{decoder.registry_name}' cannot make {where}")
+    if tuple(out.shape[1:]) != tuple(spec.shape):
+        raise MMGenError(f"model.decoder: decoder '{decoder.registry_name}' makes {_shape(tuple(out.shape[1:]))} samples "
+                         f"for modality {spec.name}, whose data is {_shape(spec.shape)}")
+
+
+def _probe(net: nn.Module, x: Tensor, failure: str) -> Any:
+    was_training = net.training
+    net.eval()  # (batch norm cannot train on one sample)
+    try:
+        return net(x)
+    except RuntimeError as exc:
+        raise MMGenError(f"{failure}: {str(exc).splitlines()[0]}") from None
+    finally:
+        net.train(was_training)
+
+
 def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[ModalitySpec]) -> MultimodalModel:
     """Assemble the model a resolved config describes; builders receive their collaborators."""
     mcfg = cfg["model"]
@@ -240,6 +272,8 @@ def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[Modali
 
     encoders = [build("encoder", "encoder", spec.shape, d + w) for spec in modalities]
     decoders = [build("decoder", "decoder", spec.shape, d + w) for spec in modalities]
+    for spec, encoder, decoder in zip(modalities, encoders, decoders):
+        check_network_shapes(spec, encoder, decoder, d + w)
     aggregator = build("aggregator", "aggregator", M)
     if mcfg["posterior_family"] not in aggregator.families:
         raise MMGenError(

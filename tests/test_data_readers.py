@@ -41,11 +41,11 @@ def write_png_dataset(root, m: int, split: str = "train", indices=INDICES, digit
     return root
 
 
-def write_pt_dataset(root, m: int, split: str = "train", n: int = 5):
+def write_pt_dataset(root, m: int, split: str = "train", n: int = 5, size: int = 28):
     """Tensor layout ``root/split/m{k}.pt`` + ``labels.pt``."""
     (root / split).mkdir(parents=True)
     for k in range(m):
-        x = torch.from_numpy(np.stack([tuple_image(i, k) for i in range(n)])).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.stack([tuple_image(i, k, size) for i in range(n)])).permute(0, 3, 1, 2).contiguous()
         torch.save(x, root / split / f"m{k}.pt")
     torch.save(torch.arange(n) % 10, root / split / "labels.pt")
     return root
@@ -212,3 +212,55 @@ def test_a_default_dataset_file_changed_in_place_is_caught_by_its_content_hash(t
     del manifest["fingerprints"]
     (location(cfg) / "manifest.json").write_text(json.dumps(manifest))
     assert default_dataset(cfg, "test").fingerprint == first.fingerprint
+
+
+@pytest.mark.parametrize("size", [14, 32])
+def test_conv_networks_train_on_images_of_another_size(tmp_path, size):
+    for split in ("train", "test"):
+        write_pt_dataset(tmp_path / "data", 2, split, n=8, size=size)
+    result = invoke("train", "--data", f"polymnist:{tmp_path / 'data'}", "--max-steps", "1", "--out", tmp_path / "run",
+                    "model.encoder.name=conv", "model.encoder.hidden=4", "model.decoder.name=conv",
+                    "model.decoder.hidden=4", "train.batch_size=4", "train.progress=false", "train.device=cpu")
+    assert result.exit_code == 0, result.output  # 32: was a tensor-size error in the loss (the decoder made 28 x 28)
+
+
+def test_a_network_that_cannot_take_the_datas_shape_is_named_when_the_model_is_built():
+    from torch import nn
+
+    from mmgen.data import ModalitySpec
+    from mmgen.errors import MMGenError
+    from mmgen.model import check_network_shapes
+
+    class FixedDecoder(nn.Module):  # a decoder for 28 x 28 images only
+        registry_name = "fixed"
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3 * 28 * 28)
+
+        def forward(self, z):
+            return self.fc(z).view(-1, 3, 28, 28)
+
+    class FlatEncoder(nn.Module):  # reads 3 x 28 x 28 only
+        registry_name = "flat"
+
+        def __init__(self, outputs=2):
+            super().__init__()
+            self.fc, self.outputs = nn.Linear(3 * 28 * 28, 8), outputs
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)).chunk(self.outputs, dim=-1)
+
+    spec = ModalitySpec("m1", (3, 32, 32))
+    check_network_shapes(ModalitySpec("m1", (3, 28, 28)), FlatEncoder(), FixedDecoder(), 4)  # fits: no error
+    with pytest.raises(MMGenError, match=r"^model.encoder: encoder 'flat' cannot read modality m1's 3 x 32 x 32 "
+                                         r"samples: mat1 and mat2 shapes cannot be multiplied"):
+        check_network_shapes(spec, FlatEncoder(), FixedDecoder(), 4)
+    with pytest.raises(MMGenError, match=r"^model.encoder: encoder 'flat' must return \(loc, raw_scale\), 4 numbers "
+                                         r"each per sample, for modality m1's 3 x 28 x 28 samples; got tuple"):
+        check_network_shapes(ModalitySpec("m1", (3, 28, 28)), FlatEncoder(outputs=4), FixedDecoder(), 4)
+    encoder = FlatEncoder()
+    encoder.fc = nn.Linear(3 * 32 * 32, 8)
+    with pytest.raises(MMGenError, match=r"^model.decoder: decoder 'fixed' makes 3 x 28 x 28 samples for modality m1, "
+                                         r"whose data is 3 x 32 x 32$"):
+        check_network_shapes(spec, encoder, FixedDecoder(), 4)

@@ -69,7 +69,9 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c, h, w = shape
         self.shape = shape
-        self.start = (4 * cfg.hidden, -(-h // 8), -(-w // 8))
+        # The deconvolutions make 8 s - 4 pixels from s (4 -> 28): start at the least s that covers
+        # the image, and crop the rest.
+        self.start = (4 * cfg.hidden, -(-(h + 4) // 8), -(-(w + 4) // 8))
         self.fc = nn.Sequential(nn.Linear(in_dim, cfg.fc), nn.SiLU(),
                                 nn.Linear(cfg.fc, self.start[0] * self.start[1] * self.start[2]), nn.SiLU())
         hid = cfg.hidden
