@@ -21,6 +21,20 @@ from mmgen.errors import CheckpointError, MMGenError
 FORMAT = "mmgen-checkpoint-v1"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def as_created(path: str | Path) -> None:
+    """Give a temporary file or folder the permissions ``open()`` or ``mkdir()`` would have given
+    it (0666 / 0777 less the umask): ``mkstemp``/``mkdtemp`` make them private (0600 / 0700), which
+    renamed into place would hide runs, checkpoints and datasets from the other users of a shared
+    file system."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically (temp file, fsync, rename, fsync the folder)."""
     path = Path(path)
@@ -31,6 +45,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,6 +66,7 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    as_created(tmp)
     os.replace(tmp, path)
 
 

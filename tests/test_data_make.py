@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 
 import numpy as np
@@ -127,6 +129,16 @@ def test_existing_output_needs_force(tmp_path):
     assert_one_line_error(make(mnist, bgs, out, "--format", "pt"), "already exists")
     assert make(mnist, bgs, out, "--force").exit_code == 0
     assert (out / "train" / "m0").is_dir() and not (out / "train" / "m0.pt").exists()
+
+
+def test_the_dataset_folder_gets_the_usual_permissions(tmp_path):
+    mnist, bgs = write_inputs(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert make(mnist, bgs, tmp_path / "out", "--format", "pt").exit_code == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # was 0700 (mkdtemp's), renamed into place
 
 
 def test_wrong_idx_magic_names_the_file(tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -32,6 +35,18 @@ def test_run_directory_contents(tmp_path, tiny_overrides):
     assert (out / "samples" / "final.png").is_file()
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["progress"]["step"] == 6 and ckpt["config"]["model"]["latent_dim"] == 4
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomically_written_files_get_the_usual_permissions(tmp_path, tiny_overrides, umask, mode):
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        assert run("--max-steps", "2", "--out", str(out), *tiny_overrides).exit_code == 0
+    finally:
+        os.umask(old)
+    for path in (out / "config.yaml", out / "checkpoints" / "latest.pt", out / "checkpoints" / "final.pt"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path  # was 0600 whatever the umask (mkstemp's)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, tiny_overrides):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmgen.checkpoint import as_created
 from mmgen.config import check_positive
 from mmgen.data import MultimodalDataset
 from mmgen.errors import DataError
@@ -93,6 +94,7 @@ def build(cfg: DefaultDataConfig, out: Path) -> None:
     backgrounds = [texture(1000 * cfg.seed + m) for m in range(cfg.modalities)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    as_created(tmp)  # (renamed into place: readable like any folder)
     try:
         fingerprints = {}
         for i, (split, (idx, size)) in enumerate(splits.items()):

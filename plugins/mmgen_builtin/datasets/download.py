@@ -19,6 +19,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from mmgen.checkpoint import as_created
 from mmgen.errors import DataError
 
 from .make import sha256_file
@@ -176,6 +177,7 @@ def download_polymnist(dest: Path, url: str = DEFAULT_URL, sha256: str | None = 
     archive = dest / name
     digest = fetch(url, archive, sha256, progress)
     staging = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
+    as_created(staging)  # (the dataset may be this folder itself, moved into place)
     try:
         safe_extract(archive, staging)
         root = find_dataset_root(staging)

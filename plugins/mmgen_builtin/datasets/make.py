@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmgen.checkpoint import as_created
 from mmgen.errors import DataError
 
 from .compose import compose
@@ -173,6 +174,7 @@ def make_polymnist(mnist: Path, backgrounds: Path, out: Path, modalities: int = 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        as_created(tmp)  # (renamed into place: readable like any folder)
     except OSError as exc:
         raise DataError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     try:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from mmgen.checkpoint import load_failure
+from mmgen.checkpoint import as_created, load_failure
 from mmgen.config import check_nonnegative
 from mmgen.data import ModalitySpec, MultimodalDataset
 from mmgen.errors import DataError
@@ -213,6 +213,7 @@ def _store_cached(path: Path, x: torch.Tensor) -> None:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         os.close(fd)
         torch.save(x, tmp)
+        as_created(tmp)
         os.replace(tmp, path)  # readers never see a half-written cache file
     except OSError:
         pass  # a read-only or full cache only costs speed
