@@ -27,6 +27,12 @@ class DataError(MMGenError):
     """A dataset file is missing, corrupt or inconsistent."""
 
 
+class MMGenWarning(RuntimeWarning):
+    """Something mmgen handled by itself that the user should know about (a damaged cache
+    rebuilt, a CUDA graph given up for eager); the message is complete on its own, and the CLI
+    prints it as one ``warning:`` line."""
+
+
 class CheckpointError(MMGenError):
     """A checkpoint cannot be read or does not match the installed components."""
 

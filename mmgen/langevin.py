@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mmgen.errors import MMGenWarning
+
 LogDensity = Callable[[Tensor], Tensor]  # (N, D) -> (N,)
 ValueAndGrad = Callable[[Tensor], "tuple[Tensor, Tensor]"]  # (N, D) -> ((N,), (N, D))
 Score = Callable[[Tensor], Tensor]  # (N, D) -> (N, D): grad log pi alone
@@ -271,7 +273,7 @@ class GraphedChain:
                 except RuntimeError as err:  # capture unsupported here: remember, warn once, go eager
                     self.fallback_reason = f"CUDA graph capture failed ({err}); running the chain eagerly"
                     self._graphs.clear()
-                    warnings.warn(self.fallback_reason, RuntimeWarning, stacklevel=2)
+                    warnings.warn(self.fallback_reason, MMGenWarning, stacklevel=2)
         return run_chain(kernel, z0, steps, anneal_noise, keep_chain=keep_chain, noise=noise)
 
     def _replay(self, key: tuple, kernel: LangevinKernel, z0: Tensor, steps: int, anneal_noise: bool,

@@ -174,6 +174,25 @@ def test_corrupt_png_in_train(tmp_path):
     assert_one_line_error(result, "corrupt image file", bad)
 
 
+def test_the_cli_says_a_cache_rebuild_in_one_line(tmp_path, tiny_overrides, monkeypatch):
+    import subprocess
+    import sys
+
+    from mmgen_builtin.datasets.default import DefaultDataConfig, default_dataset, location
+
+    monkeypatch.setenv("MMGEN_CACHE", str(tmp_path / "cache"))
+    cfg = DefaultDataConfig(modalities=2, train_size=64, test_size=16)  # the tiny overrides' data
+    default_dataset(cfg, "train")
+    m1 = location(cfg) / "train" / "m1.pt"
+    m1.write_bytes(m1.read_bytes()[:50])
+    result = subprocess.run([sys.executable, "-m", "mmgen.cli.main", "train", "--max-steps", "1", "--out",
+                             str(tmp_path / "run"), *tiny_overrides], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if "damaged" in line]
+    assert len(said) == 1 and said[0].startswith("warning: the cached default dataset is damaged (")  # was Python's
+    assert "RuntimeWarning" not in result.stderr and "default.py" not in result.stderr  # file:line + source line
+
+
 def test_a_damaged_default_dataset_cache_is_rebuilt(tmp_path, monkeypatch):
     from mmgen_builtin.datasets.default import DefaultDataConfig, default_dataset, location
 

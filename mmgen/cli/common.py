@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmgen.config import compose, resolve
-from mmgen.errors import ConfigError, MMGenError
+from mmgen.errors import ConfigError, MMGenError, MMGenWarning
 from mmgen.plugins import Plugins, create_plugin_manager
 
 err_console = Console(stderr=True, highlight=False)
@@ -110,6 +110,21 @@ def data_override(run_dir: Path, data: str) -> dict[str, Any]:
         section["path"] = path
     cfg = resolve(merge_sources([stored, {"data": section}]), plugins.registry)
     return cfg["data"]
+
+
+def one_line_warnings() -> None:
+    """From now on an :class:`MMGenWarning` prints as one ``warning: ...`` line on stderr (its
+    message says everything; Python's format adds a file name and a source line); other warnings
+    keep Python's format. The console script calls this once."""
+    python_format = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, MMGenWarning):
+            err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+        else:
+            python_format(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 # Plugin warnings already printed by this CLI invocation: the app loads the plugins for their

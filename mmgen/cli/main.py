@@ -7,7 +7,7 @@ import typer
 from mmgen import __version__
 from mmgen.cli.bench import bench
 from mmgen.cli.classifiers import classifiers_app
-from mmgen.cli.common import OneLineErrorsGroup, forget_warnings, load_plugins, plugin_warnings
+from mmgen.cli.common import OneLineErrorsGroup, forget_warnings, load_plugins, one_line_warnings, plugin_warnings
 from mmgen.cli.config_cmd import config_app, validate
 from mmgen.cli.evaluate import evaluate
 from mmgen.cli.plugins_cmd import plugins
@@ -57,6 +57,7 @@ def create_app(with_plugin_commands: bool = True) -> typer.Typer:
 
 def main() -> None:
     """Console-script entry point."""
+    one_line_warnings()
     create_app()()
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmgen.checkpoint import as_created
 from mmgen.config import check_positive
 from mmgen.data import MultimodalDataset
-from mmgen.errors import DataError
+from mmgen.errors import DataError, MMGenWarning
 
 from .compose import compose
 from .polymnist import fingerprint, read_tensor_layout
@@ -145,7 +145,7 @@ def default_dataset(cfg: DefaultDataConfig, split: str) -> MultimodalDataset:
     try:
         return checked(read_tensor_layout(path, split), path, split)
     except DataError as exc:  # a damaged cache: it is derived data, so build it again
-        warnings.warn(f"the cached default dataset is damaged ({exc}); rebuilding it", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"the cached default dataset is damaged ({exc}); rebuilding it", MMGenWarning, stacklevel=2)
         damaged = path.with_name(f"{path.name}.damaged-{os.getpid()}")
         path.rename(damaged)
         shutil.rmtree(damaged, ignore_errors=True)
