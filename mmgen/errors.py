@@ -27,6 +27,11 @@ class DataError(MMGenError):
     """A dataset file is missing, corrupt or inconsistent."""
 
 
+class DataNotFound(DataError):
+    """The dataset's folder is not there (a run's data may have moved: commands that reopen a run
+    say how to point it at the new folder)."""
+
+
 class MMGenWarning(RuntimeWarning):
     """Something mmgen handled by itself that the user should know about (a damaged cache
     rebuilt, a CUDA graph given up for eager); the message is complete on its own, and the CLI

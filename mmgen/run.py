@@ -10,8 +10,8 @@ import torch
 
 from mmgen.checkpoint import load_checkpoint
 from mmgen.config import COMPONENT_SECTIONS, _get_path
-from mmgen.data import MultimodalDataset
-from mmgen.errors import CheckpointError, MMGenError
+from mmgen.data import ModalitySpec, MultimodalDataset
+from mmgen.errors import CheckpointError, DataNotFound, MMGenError
 from mmgen.model import MultimodalModel, build_model
 from mmgen.plugins import Plugins, create_plugin_manager
 
@@ -61,7 +61,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
 
     A component whose plugin is not installed is an error naming that plugin.
     """
-    from mmgen.train import check_components, load_datasets
+    from mmgen.train import check_components, load_datasets, modality_differences
 
     path = find_checkpoint(run)
     ckpt = load_checkpoint(path)
@@ -75,7 +75,16 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
     check_components(ckpt, plugins, path)
     if data_override:
         cfg = dict(cfg, data=data_override)
-    train_set, test_set = load_datasets(cfg, plugins)
+    try:
+        train_set, test_set = load_datasets(cfg, plugins)
+    except DataNotFound as exc:
+        if data_override:
+            raise
+        raise DataNotFound(f"{exc}; if the run's data moved, give its new folder: --data {cfg['data']['name']}:NEW_FOLDER") from None
+    trained_on = [ModalitySpec(name, tuple(shape)) for name, shape in ckpt.get("extra", {}).get("modalities", [])]
+    if data_override and trained_on and trained_on != train_set.modalities:  # (older checkpoints do not say)
+        raise MMGenError(f"data {data_override['name']}: not the modalities the run was trained on: "
+                         + modality_differences(trained_on, train_set.modalities, "the run", "the data"))
     try:
         model = build_model(cfg, plugins.registry, train_set.modalities)
         model.load_state_dict(ckpt["model"])

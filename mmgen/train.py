@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
 from mmgen.config import component_config, to_yaml
-from mmgen.data import EpochBatches, MultimodalDataset
+from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset
 from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
@@ -55,8 +55,23 @@ def load_datasets(cfg: dict[str, Any], plugins: Plugins) -> tuple[MultimodalData
     data_cfg = component_config(plugins.registry, "dataset", cfg["data"])
     train_set, test_set = component.factory(data_cfg, "train"), component.factory(data_cfg, "test")
     if train_set.modalities != test_set.modalities:
-        raise MMGenError(f"data: train and test splits have different modalities ({train_set.modalities} vs {test_set.modalities})")
+        raise MMGenError("data: the train and test splits differ: "
+                         + modality_differences(train_set.modalities, test_set.modalities, "train", "test"))
     return train_set, test_set
+
+
+def modality_differences(a: list[ModalitySpec], b: list[ModalitySpec], in_a: str, in_b: str) -> str:
+    """How two lists of modalities differ, modality by modality, e.g. ``m2 is 1 x 28 x 28 in train,
+    3 x 28 x 28 in test; m3 is in train only`` (``in_a``/``in_b``: what to call the two)."""
+    shapes = [{spec.name: " x ".join(map(str, spec.shape)) for spec in specs} for specs in (a, b)]
+    said = []
+    for name in dict.fromkeys([*shapes[0], *shapes[1]]):
+        x, y = shapes[0].get(name), shapes[1].get(name)
+        if x is None or y is None:
+            said.append(f"{name} is in {in_a if y is None else in_b} only")
+        elif x != y:
+            said.append(f"{name} is {x} in {in_a}, {y} in {in_b}")
+    return "; ".join(said) or f"the same modalities in another order ({', '.join(shapes[0])} in {in_a})"
 
 
 def make_optimizer(model: MultimodalModel, tcfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -312,7 +327,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             save_checkpoint(ckpt_dir / name, config=cfg, plugins=dict(plugins.versions),
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
                             progress=vars(state), extra={"components": component_plugins(cfg, plugins),
-                                                         "data_fingerprint": data_fingerprint})
+                                                         "data_fingerprint": data_fingerprint,
+                                                         "modalities": [[m.name, list(m.shape)] for m in train_set.modalities]})
 
     if state.step == 0 and not resume:  # (a resumed run restored the random state after it)
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.

@@ -283,3 +283,14 @@ def test_a_network_that_cannot_take_the_datas_shape_is_named_when_the_model_is_b
     with pytest.raises(MMGenError, match=r"^model.decoder: decoder 'fixed' makes 3 x 28 x 28 samples for modality m1, "
                                          r"whose data is 3 x 32 x 32$"):
         check_network_shapes(spec, encoder, FixedDecoder(), 4)
+
+
+@pytest.mark.parametrize("train_m, test_m, test_size, said", [
+    (3, 2, 28, "m2 is in train only"),
+    (2, 2, 32, "m0 is 3 x 28 x 28 in train, 3 x 32 x 32 in test; m1 is 3 x 28 x 28 in train, 3 x 32 x 32 in test"),
+])
+def test_splits_with_other_modalities_are_told_apart_modality_by_modality(tmp_path, train_m, test_m, test_size, said):
+    write_pt_dataset(tmp_path, train_m, "train")
+    write_pt_dataset(tmp_path, test_m, "test", size=test_size)
+    result = invoke("train", "--data", f"polymnist:{tmp_path}", "--max-steps", "1", "--out", tmp_path / "run")
+    assert_one_line_error(result, f"data: the train and test splits differ: {said}")  # was two ModalitySpec reprs

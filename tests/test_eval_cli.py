@@ -222,13 +222,25 @@ def test_a_run_whose_data_moved_samples_with_data(tmp_path):
     assert result.exit_code == 0, result.output
     moved = root.rename(tmp_path / "moved")
     result = invoke("sample", run, "--n", "2")
-    assert result.exit_code == 2 and str(root) in result.output  # names the folder it looked for
+    assert result.exit_code == 2 and str(root) in result.output  # names the folder it looked for, and the way out
+    assert "if the run's data moved, give its new folder: --data polymnist:NEW_FOLDER" in " ".join(result.output.split())
+    result = invoke("train", "--resume", run, "--max-steps", "3")
+    assert result.exit_code == 2 and "resume with its new folder: --data polymnist:NEW_FOLDER" in " ".join(result.output.split())
+    three = write_pt_dataset(tmp_path / "three", 3, "train", n=16)
+    write_pt_dataset(three, 3, "test", n=8)
+    result = invoke("sample", run, "--n", "2", "--data", f"polymnist:{three}")  # was: weights do not fit (...)
+    assert result.exit_code == 2
+    assert "data polymnist: not the modalities the run was trained on: m2 is in the data only" in result.output
     result = invoke("sample", run, "--n", "2", "--data", f"polymnist:{moved}", "--out", tmp_path / "fig")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "fig" / "cross.png").is_file()
     # Training resumes from the moved folder, and refuses a folder holding other data.
+    result = invoke("train", "--resume", run, "--max-steps", "3", "--data", f"polymnist:{moved}")
+    assert result.exit_code == 0, result.output  # --data NAME:PATH is data.path=PATH here
     result = invoke("train", "--resume", run, "--max-steps", "4", f"data.path={moved}")
     assert result.exit_code == 0, result.output
+    result = invoke("train", "--resume", run, "--max-steps", "5", "--data", "default")
+    assert result.exit_code == 2 and "--data may only give its new folder: --data polymnist:NEW_FOLDER" in result.output
     other = write_pt_dataset(tmp_path / "other", 2, "train", n=17)
     write_pt_dataset(other, 2, "test", n=8)
     result = invoke("train", "--resume", run, "--max-steps", "6", f"data.path={other}")

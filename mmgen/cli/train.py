@@ -10,7 +10,7 @@ import typer
 from mmgen.cli import options as o
 from mmgen.cli.common import err_console, load_plugins, resolved_config, user_errors
 from mmgen.config import merge_sources, parse_overrides, resolve
-from mmgen.errors import MMGenError
+from mmgen.errors import DataNotFound, MMGenError
 
 
 @user_errors
@@ -30,10 +30,16 @@ def train(
 
     short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device)
     if resume is not None:
-        if recipe or config or prior or agg or inference or data:
+        if recipe or config or prior or agg or inference:
             raise MMGenError("--resume continues a run with its own config; only --epochs, --max-steps, "
-                             "train.* overrides and data.path (moved data) may change")
+                             "train.* overrides and the data's folder (--data NAME:PATH or data.path) may change")
         stored = resume_config(resume)
+        if data:  # the run's own dataset in a new folder: the same as data.path=PATH
+            name, _, path = data.partition(":")
+            if name != stored["data"]["name"] or not path:
+                raise MMGenError(f"--resume: the run trained on dataset '{stored['data']['name']}'; --data may only "
+                                 f"give its new folder: --data {stored['data']['name']}:NEW_FOLDER")
+            short = {k: v for k, v in short.items() if k != "data.name"}
         extra = [str(p) for p in stored.get("plugins", [])]
         plugins = load_plugins(extra)
         changes = parse_overrides([f"{k}={v}" for k, v in short.items()] + list(overrides or []))
@@ -44,7 +50,11 @@ def train(
         if bad:
             raise MMGenError(f"--resume: only train.* settings and data.path may change, not {', '.join(bad)}")
         cfg = resolve(merge_sources([stored, changes]), plugins.registry)
-        run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
+        try:
+            run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
+        except DataNotFound as exc:
+            raise DataNotFound(f"{exc}; if the run's data moved, resume with its new folder: "
+                               f"--data {cfg['data']['name']}:NEW_FOLDER") from None
     else:
         cfg, plugins = resolved_config(recipe, config, short, overrides)
         run_dir = run_training(cfg, plugins, console=err_console)

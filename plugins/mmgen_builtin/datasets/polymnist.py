@@ -28,7 +28,7 @@ import torch
 from mmgen.checkpoint import as_created, load_failure
 from mmgen.config import check_nonnegative
 from mmgen.data import ModalitySpec, MultimodalDataset
-from mmgen.errors import DataError
+from mmgen.errors import DataError, DataNotFound
 
 PNG_NAME = re.compile(r"^(\d+)\.(\d+)\.png$", re.IGNORECASE)
 MODALITY_NAME = re.compile(r"m(\d+)(\.pt)?")
@@ -267,7 +267,7 @@ def read_polymnist(root: str | Path, split: str, limit: int = 0) -> MultimodalDa
     """Detect the layout of ``root/split`` and read it."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset folder not found: {root}")
+        raise DataNotFound(f"dataset folder not found: {root}")
     if detect_layout(root, split) == "pt":
         return read_tensor_layout(root, split, limit)
     return read_png_layout(root, split, limit)
