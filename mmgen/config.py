@@ -146,13 +146,30 @@ def find_recipe(recipe: str) -> Path:
     raise MMGenError(f"unknown recipe '{recipe}'{did_you_mean(recipe, valid)}; available recipes: {', '.join(valid)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error (YAML
+    keeps the last silently, so a setting written twice would be half ignored)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """Read a YAML mapping; a missing or malformed file is a one-line error naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise MMGenError(f"{what} file {path} is a folder; give a YAML file")
     if not path.is_file():
         raise MMGenError(f"{what} file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        with path.open() as stream:  # (a stream, so that an error's position names the file)
+            loaded = yaml.load(stream, Loader=_UniqueKeyLoader)  # safe_load's loader, stricter
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MMGenError(f"{what} file {path} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
     if loaded is None:
@@ -233,10 +250,16 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
             valid = [str(k) for k in schema.keys()]
             errors.append(f"{key_path}: unknown key{did_you_mean(str(key), valid)}; valid keys: {', '.join(valid)}")
             continue
-        if isinstance(value, dict) and isinstance(schema._get_node(key), DictConfig):
-            _merge_checked(schema[key], value, key_path, errors, skip)
+        node = schema._get_node(key)
+        if isinstance(node, DictConfig):
+            if isinstance(value, dict):
+                _merge_checked(schema[key], value, key_path, errors, skip)
+            else:
+                errors.append(f"{key_path}: is a section, not a value; set its keys ({key_path}.KEY=VALUE), got {value!r}")
             continue
-        is_float = isinstance(schema._get_node(key), FloatNode)
+        if value is None and isinstance(node, StringNode) and not node._is_optional():
+            value = ""  # `out=` (YAML reads an empty value as null): the empty text, each field's "not set"
+        is_float = isinstance(node, FloatNode)
         if is_float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # `scale=1` means 1.0; OmegaConf warns about the implicit cast
         elif is_float and isinstance(value, str):
@@ -247,7 +270,6 @@ def _merge_checked(schema: DictConfig, data: Any, path: str, errors: list[str], 
         try:
             schema[key] = value
         except OmegaConfBaseException as exc:
-            node = schema._get_node(key)
             expected = "list" if isinstance(node, ListConfig) else _NODE_TYPES.get(type(node), type(node).__name__)
             msg = str(exc).splitlines()[0]
             errors.append(f"{key_path}: invalid value {value!r} (expected {expected}): {msg}")

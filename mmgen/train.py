@@ -159,6 +159,8 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
 
 def check_fresh_run_dir(run_dir: Path) -> None:
     """A new run must not write over an existing one (its checkpoints, its metrics)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MMGenError(f"--out {run_dir} is a file; choose a folder for the run")
     for name in ("checkpoints/latest.pt", "checkpoints/final.pt", "metrics.jsonl"):
         if (run_dir / name).exists():
             raise MMGenError(f"--out {run_dir} already holds a run ({name}); continue it with "

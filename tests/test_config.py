@@ -96,6 +96,25 @@ def test_bad_yaml_and_missing_file(tmp_path):
     scalar = write(tmp_path, "s.yaml", "42\n")
     with pytest.raises(MMGenError, match="must hold a mapping"):
         compose(config_file=scalar)
+    twice = write(tmp_path, "twice.yaml", "train:\n  lr: 1\n  lr: 2\n")  # was: the last one, silently
+    with pytest.raises(MMGenError, match=f"config file {twice} is not valid YAML: duplicate key 'lr' in .*line 3"):
+        compose(config_file=twice)
+    with pytest.raises(MMGenError, match=f"config file {tmp_path} is a folder; give a YAML file"):
+        compose(config_file=str(tmp_path))
+
+
+@pytest.mark.parametrize("overrides, error", [
+    (["train=1"], "train: is a section, not a value; set its keys (train.KEY=VALUE), got 1"),  # was OmegaConf's
+    (["model.likelihood=2"], "model.likelihood: is a section, not a value; set its keys (model.likelihood.KEY=VALUE), got 2"),
+])
+def test_a_value_for_a_section_says_so(overrides, error, plugins):
+    with pytest.raises(ConfigError) as info:
+        resolve(compose(overrides=overrides), plugins.registry)
+    assert info.value.errors == [error]
+
+
+def test_an_empty_text_value_is_the_empty_text(plugins):
+    assert resolve(compose(overrides=["out="]), plugins.registry)["out"] == ""  # was: "out: invalid value None"
 
 
 def test_override_syntax_error():

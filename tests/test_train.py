@@ -135,3 +135,11 @@ def test_periodic_evaluation_writes_eval_jsonl(tmp_path, tiny_overrides):
     assert any("joint_coherence" in k for k in records[0])
     bad = run("--max-steps", "1", *tiny_overrides, "train.eval_every=1", "train.eval_metrics=[cohrence]")
     assert bad.exit_code == 2 and "train.eval_metrics: unknown metric 'cohrence'" in bad.output
+
+
+def test_out_naming_a_file_is_a_one_line_error(tmp_path, tiny_overrides):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run("--max-steps", "1", "--out", str(tmp_path / "notes.txt"), *tiny_overrides)
+    assert result.exit_code == 2  # was "error: .../notes.txt: File exists"
+    assert result.output.strip().splitlines() == [f"error: --out {tmp_path / 'notes.txt'} is a file; choose a folder for the run"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
