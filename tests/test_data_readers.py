@@ -294,3 +294,13 @@ def test_splits_with_other_modalities_are_told_apart_modality_by_modality(tmp_pa
     write_pt_dataset(tmp_path, test_m, "test", size=test_size)
     result = invoke("train", "--data", f"polymnist:{tmp_path}", "--max-steps", "1", "--out", tmp_path / "run")
     assert_one_line_error(result, f"data: the train and test splits differ: {said}")  # was two ModalitySpec reprs
+
+
+def test_polymnist_without_a_folder_is_refused_when_the_config_is_checked(plugins):
+    from mmgen.config import compose, resolve
+    from mmgen.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:  # was accepted by validate / config show / bench --dry-run
+        resolve(compose(overrides=["data.name=polymnist"]), plugins.registry)
+    assert info.value.errors == ["data.path: PolyMNIST needs the dataset folder (--data polymnist:/path/to/PolyMNIST "
+                                 "or data.path=/path/to/PolyMNIST)"]

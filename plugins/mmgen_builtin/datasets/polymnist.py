@@ -43,6 +43,9 @@ class PolyMNISTConfig:
     modalities: int = 0  # 0 = every modality found on disk
 
     def __post_init__(self):
+        if not self.path:  # (said when the config is checked: validate, config show, bench --dry-run)
+            raise ValueError("path: PolyMNIST needs the dataset folder (--data polymnist:/path/to/PolyMNIST "
+                             "or data.path=/path/to/PolyMNIST)")
         check_nonnegative(self, "modalities")
         if self.modalities == 1:
             raise ValueError("modalities: a multimodal dataset needs >= 2 (or 0 for all on disk)")
@@ -275,6 +278,4 @@ def read_polymnist(root: str | Path, split: str, limit: int = 0) -> MultimodalDa
 
 def polymnist_dataset(cfg: PolyMNISTConfig, split: str) -> MultimodalDataset:
     """PolyMNIST read from ``cfg.path`` (either official layout)."""
-    if not cfg.path:
-        raise DataError("data.path: PolyMNIST needs the dataset folder (data.path=/path/to/PolyMNIST)")
     return read_polymnist(cfg.path, split, cfg.modalities)
