@@ -130,6 +130,12 @@ def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     result = invoke("sample", tiny_run, "--n", "2", "--out", tmp_path / "s", "--chain")
     assert "has not finished" not in result.output
     assert "--chain drew nothing" in " ".join(result.output.split())  # the tiny run: Laplace prior, amortized
+    for given, said in [("", "no modality"), (" , ", "no modality"), ("m0,m9", "unknown m9"), ("m1,m0", "every modality")]:
+        result = invoke("sample", tiny_run, "--given", given)  # "" drew the default figures
+        assert result.exit_code == 2
+        assert result.output.strip() == f"error: --given '{given}': {said}; choose a proper subset of m0, m1"
+    result = invoke("sample", tiny_run, "--every", "0")
+    assert result.exit_code == 2 and result.output.strip() == "error: --every: must be >= 1, got 0"
     result = invoke("sample", tiny_run, "--device", "tpu")
     assert result.exit_code == 2 and "--device: invalid value 'tpu'; valid: auto, cpu, cuda" in result.output
 

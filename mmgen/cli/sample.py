@@ -42,14 +42,16 @@ def sample(
     note_unfinished(loaded)
     names = [m.name for m in loaded.model.modalities]
     given_idx = None
-    if given:
+    if given is not None:
         wanted = list(dict.fromkeys(g.strip() for g in given.split(",") if g.strip()))  # repeats once
         unknown = [g for g in wanted if g not in names]
-        if unknown or len(wanted) >= len(names):
-            raise MMGenError(f"--given: {', '.join(unknown) or given} invalid; choose a proper subset of {', '.join(names)}")
+        if unknown or not wanted or len(wanted) >= len(names):
+            what = f"unknown {', '.join(unknown)}" if unknown else "no modality" if not wanted else "every modality"
+            raise MMGenError(f"--given '{given}': {what}; choose a proper subset of {', '.join(names)}")
         given_idx = [names.index(g) for g in wanted]
-    if n < 1 or every < 1:
-        raise MMGenError("--n and --every must be >= 1")
+    for option, value in (("--n", n), ("--every", every)):
+        if value < 1:
+            raise MMGenError(f"{option}: must be >= 1, got {value}")
     paths = save_figures(loaded.model, loaded.test_set, out or loaded.run_dir / "figures", device, n, given_idx, chain, every)
     for p in paths:
         err_console.print(f"wrote {p}")
