@@ -8,7 +8,10 @@ one, so a kill at any moment leaves either the previous checkpoint or the new on
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,33 @@ def as_created(path: str | Path) -> None:
     renamed into place would hide runs, checkpoints and datasets from the other users of a shared
     file system."""
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
+def staging_folder(out: Path) -> Path:
+    """A new hidden folder beside ``out`` to build ``out`` in and rename into place, with the
+    permissions ``mkdir`` gives. Its name records this host and process
+    (``.NAME.tmp-HOST-PID-XXXXXXXX``), so that the left-overs of a build on this host whose process
+    is gone (killed before it could clean up) are found and removed here first; a build still
+    running, or one on another host of a shared file system, is left alone."""
+    prefix = f".{out.name}.tmp-{socket.gethostname()}-"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=out.parent))
+    as_created(tmp)
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -141,6 +141,23 @@ def test_the_dataset_folder_gets_the_usual_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755  # was 0700 (mkdtemp's), renamed into place
 
 
+def test_a_killed_builds_left_overs_are_removed_by_the_next_build(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    mnist, bgs = write_inputs(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = tmp_path / f".out.tmp-{host}-{int(gone.stdout)}-abcd1234"  # a build killed by SIGKILL
+    running = tmp_path / f".out.tmp-{host}-{os.getpid()}-abcd1234"  # a build still running
+    elsewhere = tmp_path / f".out.tmp-otherhost-{int(gone.stdout)}-abcd1234"  # another node's
+    for folder in (stale, running, elsewhere):
+        (folder / "train").mkdir(parents=True)
+    assert make(mnist, bgs, tmp_path / "out", "--format", "pt").exit_code == 0
+    assert not stale.exists() and running.exists() and elsewhere.exists()  # stale was left forever
+
+
 def test_wrong_idx_magic_names_the_file(tmp_path):
     mnist, bgs = write_inputs(tmp_path, gzip_train=False)
     bad = mnist / "t10k-images-idx3-ubyte"

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmgen.checkpoint import as_created
+from mmgen.checkpoint import staging_folder
 from mmgen.config import check_positive
 from mmgen.data import MultimodalDataset
 from mmgen.errors import DataError, MMGenWarning
@@ -92,9 +91,7 @@ def build(cfg: DefaultDataConfig, out: Path) -> None:
     n_test = len(labels) // 5  # 20% of the digits are held out: no test digit is seen in training
     splits = {"train": (order[n_test:], cfg.train_size), "test": (order[:n_test], cfg.test_size)}
     backgrounds = [texture(1000 * cfg.seed + m) for m in range(cfg.modalities)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    as_created(tmp)  # (renamed into place: readable like any folder)
+    tmp = staging_folder(out)
     try:
         fingerprints = {}
         for i, (split, (idx, size)) in enumerate(splits.items()):

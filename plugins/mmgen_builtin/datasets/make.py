@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmgen.checkpoint import as_created
+from mmgen.checkpoint import staging_folder
 from mmgen.errors import DataError
 
 from .compose import compose
@@ -172,9 +172,7 @@ def make_polymnist(mnist: Path, backgrounds: Path, out: Path, modalities: int = 
         "files": {},
     }
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        as_created(tmp)  # (renamed into place: readable like any folder)
+        tmp = staging_folder(out)
     except OSError as exc:
         raise DataError(f"cannot write to {out.parent}: {exc.strerror or exc}") from None
     try:
