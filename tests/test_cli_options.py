@@ -143,17 +143,17 @@ def test_sample_without_given_conditions_on_each_modality_in_turn(run, test_imag
     assert size(tmp_path / "chain-posterior.png") == grid_size(M, 3)
 
 
-@pytest.mark.parametrize("given, why", [("m5", "m5"), ("m0,m1,m2", "m0,m1,m2"), ("m0, m9,m1", "m9")])
+@pytest.mark.parametrize("given, why", [("m5", "unknown m5"), ("m0,m1,m2", "every modality"), ("m0, m9,m1", "unknown m9")])
 def test_sample_given_must_be_a_proper_subset(run, tmp_path, given, why):
     line = one_line_error(invoke("sample", run, "--given", given, "--out", tmp_path / "f"))
-    assert line == f"error: --given: {why} invalid; choose a proper subset of m0, m1, m2"
+    assert line == f"error: --given '{given}': {why}; choose a proper subset of m0, m1, m2"
     assert not (tmp_path / "f").exists()
 
 
 def test_sample_every_and_n_must_be_positive(run, tmp_path):
     for option in ("--every", "--n"):
         line = one_line_error(invoke("sample", run, option, "0", "--out", tmp_path / "f"))
-        assert line == "error: --n and --every must be >= 1"
+        assert line == f"error: {option}: must be >= 1, got 0"
     assert not (tmp_path / "f").exists()
 
 
