@@ -154,6 +154,8 @@ def test_sample_every_and_n_must_be_positive(run, tmp_path):
     for option in ("--every", "--n"):
         line = one_line_error(invoke("sample", run, option, "0", "--out", tmp_path / "f"))
         assert line == f"error: {option}: must be >= 1, got 0"
+    line = one_line_error(invoke("sample", run, "--n", "100000", "--out", tmp_path / "f"))  # ran for minutes
+    assert line == "error: --n: at most 256 columns a grid (a wider figure is unreadable), got 100000"
     assert not (tmp_path / "f").exists()
 
 

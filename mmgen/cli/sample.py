@@ -12,10 +12,13 @@ from mmgen.cli.common import data_override, err_console, note_unfinished, user_e
 from mmgen.errors import MMGenError
 
 
+MAX_COLUMNS = 256
+
+
 @user_errors
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mmgen train` (or a checkpoint file).")],
-    n: Annotated[int, typer.Option("--n", "-n", help="Samples (columns) per grid.")] = 8,
+    n: Annotated[int, typer.Option("--n", "-n", help="Samples (columns) per grid, 1 to 256.")] = 8,
     given: Annotated[Optional[str], typer.Option(help="Condition cross generation on these modalities, e.g. m0,m2 (default: each one in turn).")] = None,
     chain: Annotated[bool, typer.Option("--chain", help="Also decode the states along a prior Langevin chain (EBM prior) and a posterior one (Langevin inference).")] = False,
     every: Annotated[int, typer.Option(help="Decode every k-th state of a chain.")] = 5,
@@ -52,6 +55,8 @@ def sample(
     for option, value in (("--n", n), ("--every", every)):
         if value < 1:
             raise MMGenError(f"{option}: must be >= 1, got {value}")
+    if n > MAX_COLUMNS:
+        raise MMGenError(f"--n: at most {MAX_COLUMNS} columns a grid (a wider figure is unreadable), got {n}")
     paths = save_figures(loaded.model, loaded.test_set, out or loaded.run_dir / "figures", device, n, given_idx, chain, every)
     for p in paths:
         err_console.print(f"wrote {p}")
