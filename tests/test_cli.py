@@ -25,6 +25,22 @@ def test_help_lists_commands(app):
     assert "--prior" in invoke(app, "train", "--help").output
 
 
+def test_help_paragraphs_are_reflowed_not_broken_where_the_source_wraps(app, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    text = invoke(app, "sample", "--help").output
+    lines = [line.strip() for line in text.splitlines()]
+    # One paragraph of the docstring, wrapped over three source lines: one line on a wide terminal.
+    assert any(line.startswith("Rows of cross.png:") and line.endswith("Langevin inference.") for line in lines), text
+
+    from types import SimpleNamespace
+
+    from mmgen.cli.common import reflow_help
+
+    command = SimpleNamespace(help="First line\nwraps here.\n\nList:\n- one\n- two\n  indented\nlast")
+    reflow_help(command)
+    assert command.help == "First line wraps here.\n\nList:\n- one\n- two\n  indented last"
+
+
 def test_unknown_prior_exits_2_and_lists_priors(app):
     result = invoke(app, "train", "--prior", "nosuch")
     assert result.exit_code == 2

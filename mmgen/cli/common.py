@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,9 +50,31 @@ def one_line_usage_errors() -> Iterator[None]:
         raise fail(message.rstrip(".") + hint, exc.exit_code) from None
 
 
+# A line break inside a paragraph of a docstring: not before a blank line, an indented line or a
+# list item. Typer's help keeps every line break of a docstring, so wrapped source lines showed up
+# as ragged short lines in `--help`.
+_SOFT_BREAK = re.compile(r"\n(?=[^\s\-*])")
+
+
+def reflow_help(command: Any) -> None:
+    """Join the lines of each paragraph of ``command``'s help (and its subcommands', for a group),
+    so that the terminal wraps them; blank lines, indented lines and list items stay."""
+    if command.help:
+        command.help = "\n\n".join(_SOFT_BREAK.sub(" ", part) for part in command.help.split("\n\n"))
+    for sub in getattr(command, "commands", {}).values():
+        reflow_help(sub)
+
+
 class OneLineErrorsGroup(typer.core.TyperGroup):
     """The root command group: parse errors of any command, built-in or from a plugin, go through
-    :func:`one_line_usage_errors` (a subcommand parses its options inside the root's ``invoke``)."""
+    :func:`one_line_usage_errors` (a subcommand parses its options inside the root's ``invoke``);
+    and every command's help is reflowed (:func:`reflow_help`)."""
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            reflow_help(command)
+        return command
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with one_line_usage_errors():
