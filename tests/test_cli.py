@@ -67,14 +67,17 @@ def test_bad_option_type_exits_2(app):
     (("bench", "--jobs", "0", "x.yaml"), "'--jobs' / '-j': Input should be greater than or equal to 1; "
                                          "see 'mmgen bench --help'"),
     (("classifiers", "train", "--epochs", "0", "d"), "see 'mmgen classifiers train --help'"),
-    (("train", "--prio", "ebm"), "error: No such option: --prio (Possible options: --prior); see 'mmgen train --help'"),
+    (("train", "--prio", "ebm"), "error: No such option: --prio (did you mean '--prior'?); see 'mmgen train --help'"),
+    (("train", "--nosuchopt"), "error: No such option: --nosuchopt; see 'mmgen train --help'"),  # drew "--out"
+    (("classifiers", "train", "--epoch", "3", "d"), "error: No such option: --epoch (did you mean '--epochs'?); "
+                                                    "see 'mmgen classifiers train --help'"),
     (("nosuch",), "error: No such command 'nosuch'; see 'mmgen --help'"),
     (("evaluate",), "error: Missing argument 'run_dir'; see 'mmgen evaluate --help'"),
     (("data", "inspect", "--examples", "100", "d"), "less than or equal to 64; see 'mmgen data inspect --help'"),
 ])
 def test_usage_errors_are_one_line(app, args, expected):
     """A bad option value, an unknown option or command, a missing argument: one line naming what is
-    wrong (and the close match, where Click finds one), exit 2, no usage box -- in built-in
+    wrong (and the closest option, compared without dashes), exit 2, no usage box -- in built-in
     commands, nested groups and plugin commands alike."""
     result = invoke(app, *args)
     assert result.exit_code == 2

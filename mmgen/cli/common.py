@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import re
@@ -46,6 +47,8 @@ def one_line_usage_errors() -> Iterator[None]:
             raise
         message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
         ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, _click.exceptions.NoSuchOption) and ctx is not None:
+            message = f"No such option: {exc.option_name}{_closest_option(exc.option_name, ctx.command)}"
         hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
         raise fail(message.rstrip(".") + hint, exc.exit_code) from None
 
@@ -63,6 +66,15 @@ def reflow_help(command: Any) -> None:
         command.help = "\n\n".join(_SOFT_BREAK.sub(" ", part) for part in command.help.split("\n\n"))
     for sub in getattr(command, "commands", {}).values():
         reflow_help(sub)
+
+
+def _closest_option(name: str, command: Any) -> str:
+    """`` (did you mean '--max-steps'?)`` for the command's option closest to ``name``, compared
+    without the dashes (Click compares them with, so every long option looks alike: `--nosuchopt`
+    drew `--out`)."""
+    options = {opt.lstrip("-"): opt for param in command.params for opt in getattr(param, "opts", ()) if opt.startswith("-")}
+    close = difflib.get_close_matches(name.lstrip("-"), list(options), n=1, cutoff=0.6)  # did_you_mean's rule
+    return f" (did you mean '{options[close[0]]}'?)" if close else ""
 
 
 class OneLineErrorsGroup(typer.core.TyperGroup):
