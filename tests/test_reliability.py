@@ -128,22 +128,32 @@ def reference_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference_run):
+def killed_in_step(tmp_path: Path, step: int) -> Path:
+    """A run SIGKILLed inside its optimizer step ``step``; its run directory."""
     out, marker = tmp_path / "run", tmp_path / "stalled"
-    # Stall in step 14: past the step-10 checkpoint, with steps 11-13 logged after it, mid-epoch 0.
-    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": "14", "MMGEN_TEST_MARKER": str(marker)})
+    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": str(step), "MMGEN_TEST_MARKER": str(marker)})
     wait_for(marker.exists, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert logged_steps(out) == 13
-    ckpt = load_checkpoint(out / "checkpoints" / "latest.pt")
-    assert ckpt["progress"]["step"] == 10
+    return out
+
+
+def assert_resumes_to_the_reference(out: Path, reference_run: Path) -> None:
+    """``--resume`` ends with the uninterrupted run's weights and one metrics line per step."""
     result = cli("train", "--resume", str(out))
     assert result.exit_code == 0, result.output
     assert_same_params(final_params(out), final_params(reference_run))
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))  # lines logged after the checkpoint were dropped, then redone
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference_run):
+    # Killed in step 14: past the step-10 checkpoint, with steps 11-13 logged after it, mid-epoch 0.
+    out = killed_in_step(tmp_path, 14)
+    assert logged_steps(out) == 13
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["progress"]["step"] == 10
+    assert_resumes_to_the_reference(out, reference_run)
 
 
 @pytest.mark.slow
@@ -164,23 +174,15 @@ def test_a_signal_finishes_the_step_saves_there_and_resume_is_bitwise_identical(
     assert f"error: interrupted by {name} at step 14 of 40; the run is saved there: mmgen train --resume {out}" in output
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["progress"]["step"] == 14
     assert logged_steps(out) == 14
-    result = cli("train", "--resume", str(out))
-    assert result.exit_code == 0, result.output
-    assert_same_params(final_params(out), final_params(reference_run))
-    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 41))
+    assert_resumes_to_the_reference(out, reference_run)
 
 
 @pytest.mark.slow
 def test_resume_from_the_first_checkpoint_is_bitwise_identical(tmp_path, reference_run):
-    out, marker = tmp_path / "run", tmp_path / "stalled"
-    proc = start_child(["--out", str(out), *KILL_CFG], {"MMGEN_TEST_STALL_STEP": "1", "MMGEN_TEST_MARKER": str(marker)})
-    wait_for(marker.exists, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = killed_in_step(tmp_path, 1)
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["progress"]["step"] == 0
-    result = cli("train", "--resume", str(out))  # was: the sanity pass ran again and drew from the restored stream
-    assert result.exit_code == 0, result.output
-    assert_same_params(final_params(out), final_params(reference_run))
+    # Was not identical: the resumed run ran the sanity pass again, drawing from the restored stream.
+    assert_resumes_to_the_reference(out, reference_run)
 
 
 @pytest.mark.slow
