@@ -22,6 +22,11 @@ class ModalitySpec:
     shape: tuple[int, ...]
 
 
+def format_shape(shape: tuple[int, ...]) -> str:
+    """``3 x 28 x 28``: a sample's shape as messages write it."""
+    return " x ".join(map(str, shape))
+
+
 @dataclass
 class Batch:
     """A minibatch: one tensor per modality, the observed-modality mask and the labels."""

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from mmgen import distributions as dist
 from mmgen.config import component_config
-from mmgen.data import Batch, ModalitySpec
+from mmgen.data import Batch, ModalitySpec, format_shape
 from mmgen.errors import MMGenError
 from mmgen.latent import Aggregator, Inference, Objective, Posterior, Prior, PrivatePosterior
 from mmgen.registry import Registry
@@ -223,16 +223,12 @@ class MultimodalModel(nn.Module):
         return self.decode_all(*self.conditional_latents(batch, given, refine))
 
 
-def _shape(shape: tuple[int, ...]) -> str:
-    return " x ".join(map(str, shape))
-
-
 @torch.no_grad()
 def check_network_shapes(spec: ModalitySpec, encoder: nn.Module, decoder: nn.Module, dim: int) -> None:
     """One sample through a modality's encoder and decoder, so that a network that cannot take
     the data's shape (a fixed-size architecture and images of another size) is reported when the
     model is built, naming both shapes, not as a tensor error in the first step's loss."""
-    where = f"modality {spec.name}'s {_shape(spec.shape)} samples"
+    where = f"modality {spec.name}'s {format_shape(spec.shape)} samples"
     out = _probe(encoder, torch.zeros(1, *spec.shape), f"model.encoder: encoder '{encoder.registry_name}' cannot read {where}")
     got = [tuple(t.shape) for t in out] if isinstance(out, (tuple, list)) and len(out) == 2 else None
     if got != [(1, dim), (1, dim)]:
@@ -240,8 +236,8 @@ def check_network_shapes(spec: ModalitySpec, encoder: nn.Module, decoder: nn.Mod
                          f"each per sample, for {where}; got {got or type(out).__name__}")
     out = _probe(decoder, torch.zeros(1, dim), f"model.decoder: decoder '{decoder.registry_name}' cannot make {where}")
     if tuple(out.shape[1:]) != tuple(spec.shape):
-        raise MMGenError(f"model.decoder: decoder '{decoder.registry_name}' makes {_shape(tuple(out.shape[1:]))} samples "
-                         f"for modality {spec.name}, whose data is {_shape(spec.shape)}")
+        raise MMGenError(f"model.decoder: decoder '{decoder.registry_name}' makes {format_shape(tuple(out.shape[1:]))} samples "
+                         f"for modality {spec.name}, whose data is {format_shape(spec.shape)}")
 
 
 def _probe(net: nn.Module, x: Tensor, failure: str) -> Any:

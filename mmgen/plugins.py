@@ -120,21 +120,28 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
     # all together, or not at all when a hook fails or a name is taken.
     registry = Registry()
     for name, _ in pm.list_name_plugin():
-        own = Registry()
         try:
-            for kind in KINDS:
-                for impl in getattr(pm.hook, f"register_{kind}s").get_hookimpls():
-                    if impl.plugin_name == name:
-                        try:
-                            impl.function(register=own.make_register(kind, name, versions.get(name, "unknown")))
-                        except MMGenError:
-                            raise
-                        except Exception as exc:
-                            raise MMGenError(f"{type(exc).__name__} in register_{kind}s: {exc}") from None
-            registry.merge(own)
+            registry.merge(_components_of(pm, name, versions.get(name, "unknown")))
         except MMGenError as exc:
             fail(name, str(exc))
     return Plugins(pm, registry, versions, broken)
+
+
+def _components_of(pm: pluggy.PluginManager, name: str, version: str) -> Registry:
+    """Everything plugin ``name`` registers, in a registry of its own; a hook that raises is an
+    :class:`MMGenError` naming the hook."""
+    own = Registry()
+    for kind in KINDS:
+        for impl in getattr(pm.hook, f"register_{kind}s").get_hookimpls():
+            if impl.plugin_name != name:
+                continue
+            try:
+                impl.function(register=own.make_register(kind, name, version))
+            except MMGenError:
+                raise  # a registry contract (a config that is not a dataclass, ...): said as it is
+            except Exception as exc:
+                raise MMGenError(f"{type(exc).__name__} in register_{kind}s: {exc}") from None
+    return own
 
 
 def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, list[str]]:

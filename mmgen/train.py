@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
 from mmgen.config import component_config, to_yaml
-from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset
+from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset, format_shape
 from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
@@ -63,7 +63,7 @@ def load_datasets(cfg: dict[str, Any], plugins: Plugins) -> tuple[MultimodalData
 def modality_differences(a: list[ModalitySpec], b: list[ModalitySpec], in_a: str, in_b: str) -> str:
     """How two lists of modalities differ, modality by modality, e.g. ``m2 is 1 x 28 x 28 in train,
     3 x 28 x 28 in test; m3 is in train only`` (``in_a``/``in_b``: what to call the two)."""
-    shapes = [{spec.name: " x ".join(map(str, spec.shape)) for spec in specs} for specs in (a, b)]
+    shapes = [{spec.name: format_shape(spec.shape) for spec in specs} for specs in (a, b)]
     said = []
     for name in dict.fromkeys([*shapes[0], *shapes[1]]):
         x, y = shapes[0].get(name), shapes[1].get(name)
