@@ -41,7 +41,7 @@ def as_created(path: str | Path) -> None:
 def staging_folder(out: Path) -> Path:
     """A new hidden folder beside ``out`` to build ``out`` in and rename into place, with the
     permissions ``mkdir`` gives. Its name records this host and process
-    (``.NAME.tmp-HOST-PID-XXXXXXXX``), so that the left-overs of a build on this host whose process
+    (``.NAME.tmp-HOST-PID-<random suffix>``), so that the left-overs of a build on this host whose process
     is gone (killed before it could clean up) are found and removed here first; a build still
     running, or one on another host of a shared file system, is left alone."""
     prefix = f".{out.name}.tmp-{socket.gethostname()}-"
