@@ -32,7 +32,7 @@ def evaluate(
     refine: Annotated[bool, typer.Option("--refine/--no-refine", help="Refine cross-generation latents with the inference method (posterior Langevin).")] = True,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Save the figure grids.")] = True,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     options: Annotated[Optional[list[str]], typer.Argument(help="Metric options, e.g. nll.k=1000 probe.max_train=5000.")] = None,
 ) -> None:

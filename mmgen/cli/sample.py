@@ -24,7 +24,7 @@ def sample(
     every: Annotated[int, typer.Option(help="Decode every k-th state of a chain.")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/figures).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     data: Annotated[Optional[str], typer.Option(help="Draw the test inputs from this dataset instead (NAME or NAME:PATH; "
                                                      "e.g. the run's data after it moved).")] = None,
 ) -> None:
