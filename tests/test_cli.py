@@ -99,6 +99,18 @@ def test_config_show_prints_resolved_yaml(app):
     assert "name: mopoe" in result.output and "prior_expert: false" in result.output
 
 
+def test_encoder_and_decoder_shortcuts_choose_every_modalitys_networks(app, tmp_path):
+    import yaml
+
+    result = invoke(app, "config", "show", "--encoder", "resnet", "--decoder", "mlp", "model.decoder.depth=1")
+    assert result.exit_code == 0, result.output
+    model = yaml.safe_load(result.output)["model"]
+    assert model["encoder"]["name"] == "resnet" and "downsamples" in model["encoder"]  # the resnet's own defaults
+    assert model["decoder"] == {**model["decoder"], "name": "mlp", "depth": 1}
+    result = invoke(app, "train", "--resume", str(tmp_path), "--encoder", "mlp")  # a resumed run keeps its networks
+    assert result.exit_code == 2 and "--resume continues a run with its own config" in result.output
+
+
 def test_validate_reports_every_error(app, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  latent_dim: -3\n  prior: {name: laplace, scale: big}\ntrain: {epoch: 3}\n")

@@ -16,7 +16,7 @@ from mmgen.errors import DataNotFound, MMGenError
 @user_errors
 def train(
     recipe: o.Recipe = None, prior: o.Prior = None, agg: o.Agg = None, inference: o.Inference = None,
-    data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
+    encoder: o.Encoder = None, decoder: o.Decoder = None, data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None, batch_size: o.BatchSize = None, seed: o.Seed = None, device: o.Device = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its latest checkpoint (train.* and data.path may change).")] = None,
     overrides: o.Overrides = None,
@@ -28,9 +28,9 @@ def train(
     """
     from mmgen.train import resume_config, train as run_training
 
-    short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device)
+    short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device, encoder, decoder)
     if resume is not None:
-        if recipe or config or prior or agg or inference:
+        if recipe or config or prior or agg or inference or encoder or decoder:
             raise MMGenError("--resume continues a run with its own config; only --epochs, --max-steps, "
                              "train.* overrides and the data's folder (--data NAME:PATH or data.path) may change")
         stored = resume_config(resume)
