@@ -56,6 +56,11 @@ def find_checkpoint(run: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint in {run} (expected {run}/checkpoints/final.pt or latest.pt)")
 
 
+def moved_data_hint(exc: DataNotFound, data_name: str, how: str = "give its new folder") -> DataNotFound:
+    """``exc`` with the way to point a run at its data's new folder (``--data NAME:NEW_FOLDER``)."""
+    return DataNotFound(f"{exc}; if the run's data moved, {how}: --data {data_name}:NEW_FOLDER")
+
+
 def load_run(run: str | Path, device: str | torch.device = "cpu", data_override: dict[str, Any] | None = None) -> LoadedRun:
     """Rebuild a run's model from its checkpoint through the registry and load its weights.
 
@@ -80,7 +85,7 @@ def load_run(run: str | Path, device: str | torch.device = "cpu", data_override:
     except DataNotFound as exc:
         if data_override:
             raise
-        raise DataNotFound(f"{exc}; if the run's data moved, give its new folder: --data {cfg['data']['name']}:NEW_FOLDER") from None
+        raise moved_data_hint(exc, cfg["data"]["name"]) from None
     trained_on = [ModalitySpec(name, tuple(shape)) for name, shape in ckpt.get("extra", {}).get("modalities", [])]
     if data_override and trained_on and trained_on != train_set.modalities:  # (older checkpoints do not say)
         raise MMGenError(f"data {data_override['name']}: not the modalities the run was trained on: "

@@ -18,7 +18,8 @@ config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=Tru
 @user_errors
 def show(
     recipe: o.Recipe = None, prior: o.Prior = None, agg: o.Agg = None, inference: o.Inference = None,
-    encoder: o.Encoder = None, decoder: o.Decoder = None, data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
+    encoder: o.Encoder = None, decoder: o.Decoder = None, data: o.Data = None, config: o.ConfigFile = None,
+    out: o.Out = None, epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None, batch_size: o.BatchSize = None, seed: o.Seed = None, device: o.Device = None,
     overrides: o.Overrides = None,
 ) -> None:

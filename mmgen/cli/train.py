@@ -16,7 +16,8 @@ from mmgen.errors import DataNotFound, MMGenError
 @user_errors
 def train(
     recipe: o.Recipe = None, prior: o.Prior = None, agg: o.Agg = None, inference: o.Inference = None,
-    encoder: o.Encoder = None, decoder: o.Decoder = None, data: o.Data = None, config: o.ConfigFile = None, out: o.Out = None, epochs: o.Epochs = None,
+    encoder: o.Encoder = None, decoder: o.Decoder = None, data: o.Data = None, config: o.ConfigFile = None,
+    out: o.Out = None, epochs: o.Epochs = None,
     max_steps: o.MaxSteps = None, batch_size: o.BatchSize = None, seed: o.Seed = None, device: o.Device = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its latest checkpoint (train.* and data.path may change).")] = None,
     overrides: o.Overrides = None,
@@ -26,6 +27,7 @@ def train(
     The run directory holds config.yaml (fully resolved), checkpoints/ (latest.pt, final.pt),
     metrics.jsonl and samples/ (PNG grids).
     """
+    from mmgen.run import moved_data_hint
     from mmgen.train import resume_config, train as run_training
 
     short = o.shortcuts(prior, agg, inference, data, out, epochs, max_steps, batch_size, seed, device, encoder, decoder)
@@ -53,8 +55,7 @@ def train(
         try:
             run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
         except DataNotFound as exc:
-            raise DataNotFound(f"{exc}; if the run's data moved, resume with its new folder: "
-                               f"--data {cfg['data']['name']}:NEW_FOLDER") from None
+            raise moved_data_hint(exc, cfg["data"]["name"], "resume with its new folder") from None
     else:
         cfg, plugins = resolved_config(recipe, config, short, overrides)
         run_dir = run_training(cfg, plugins, console=err_console)
