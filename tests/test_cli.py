@@ -41,6 +41,21 @@ def test_help_paragraphs_are_reflowed_not_broken_where_the_source_wraps(app, mon
     assert command.help == "First line wraps here.\n\nList:\n- one\n- two\n  indented last"
 
 
+def test_narrow_terminal_help_is_plain_and_cuts_nothing(app, monkeypatch):
+    """At 80 columns Typer's Rich table cut option names and words with an ellipsis
+    (`--inception-weig…`, `MMGEN_INCEPTION_W…`): there the help is Click's plain, wrapped text."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (("evaluate", "--help"), ("classifiers", "train", "--help"), ("--help",), ()):
+        result = invoke(app, *args)
+        assert result.exit_code == (2 if not args else 0), result.output
+        assert "Usage: mmgen" in result.output and "…" not in result.output and "╭" not in result.output, result.output
+        assert max(len(line) for line in result.output.splitlines()) <= 80, result.output
+    text = invoke(app, "evaluate", "--help").output
+    assert "--inception-weights" in text and "MMGEN_INCEPTION_WEIGHTS" in text, text
+    monkeypatch.setenv("COLUMNS", "120")  # wide enough: Typer's Rich panels
+    assert "╭" in invoke(app, "evaluate", "--help").output
+
+
 def test_unknown_prior_exits_2_and_lists_priors(app):
     result = invoke(app, "train", "--prior", "nosuch")
     assert result.exit_code == 2

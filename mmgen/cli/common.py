@@ -43,7 +43,10 @@ def one_line_usage_errors() -> Iterator[None]:
     try:
         yield
     except _click.exceptions.ClickException as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # the help text itself, printed by Typer
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help text itself
+            if exc.format_message().strip():  # Click's plain help (a narrow terminal) comes as text;
+                typer.echo(exc.format_message())  # Typer's Rich help is already printed (and "")
+                raise typer.Exit(exc.exit_code) from None
             raise
         message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
         ctx = getattr(exc, "ctx", None)
@@ -68,6 +71,21 @@ def reflow_help(command: Any) -> None:
         reflow_help(sub)
 
 
+# Below this many columns Typer's Rich help table cuts long option names and words with an
+# ellipsis (`--inception-weig…`); Click's plain help wraps them instead.
+PLAIN_HELP_BELOW = 90
+
+
+def plain_help_when_narrow(command: Any) -> None:
+    """On a terminal narrower than :data:`PLAIN_HELP_BELOW` columns, ``command`` (and its
+    subcommands) print Click's plain help instead of Typer's Rich panels."""
+    if Console().width >= PLAIN_HELP_BELOW:  # measured as Typer's own help console measures it
+        return
+    command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        plain_help_when_narrow(sub)
+
+
 def _closest_option(name: str, command: Any) -> str:
     """`` (did you mean '--max-steps'?)`` for the command's option closest to ``name``, compared
     without the dashes (Click compares them with, so every long option looks alike: `--nosuchopt`
@@ -86,7 +104,12 @@ class OneLineErrorsGroup(typer.core.TyperGroup):
         command = super().get_command(ctx, name)
         if command is not None:
             reflow_help(command)
+            plain_help_when_narrow(command)
         return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        plain_help_when_narrow(self)
+        super().format_help(ctx, formatter)
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with one_line_usage_errors():
