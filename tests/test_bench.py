@@ -330,6 +330,15 @@ def test_every_bench_file_validates_in_a_dry_run(name, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_dry_run_notes_a_data_folder_that_does_not_exist(tmp_path):
+    """A dry run reads no data; it said "valid" and every run then stopped at the data."""
+    for folder, noted in ((tmp_path / "nowhere", True), (tmp_path, False)):
+        bench = write(tmp_path, f"budget: {{epochs: 1}}\ndata: polymnist:{folder}\nruns: [{{name: a, recipe: mmvae}}]\n")
+        result = invoke("bench", bench, "--dry-run", "--out", tmp_path / "out")
+        assert result.exit_code == 0, result.output
+        assert (f"note: data.path {folder} does not exist here" in result.output) == noted, result.output
+
+
 def test_submitit_local_executor_runs_a_run(smoke, tmp_path):
     """The Slurm path (submitit), tested with submitit's local executor on one run to evaluate."""
     pytest.importorskip("submitit")

@@ -45,6 +45,10 @@ def bench(
             for step in commands(plan, p):
                 out_console.print(shlex.join(step), soft_wrap=True, markup=False, highlight=False)
         out_console.print(f"dry run: {len(plan.runs)} run configs valid; {len(plan.todo)} would run; nothing started")
+        path = plan.runs[0].config["data"].get("path") if plan.todo else None  # every run has the same data
+        if isinstance(path, str) and path and not Path(path).expanduser().exists():
+            err_console.print(f"[yellow]note:[/] data.path {escape(path)} does not exist here: the runs would stop "
+                              "where the data are first read, unless the dataset creates it", soft_wrap=True)
         return
     t0 = time.perf_counter()
     runner = make_launcher(launcher, plan, jobs) if plan.todo else None
