@@ -12,15 +12,19 @@ def test_inspect_prints_counts_and_saves_a_grid(tmp_path):
     write_png_dataset(tmp_path, 3, "test", indices=[0, 1], digits={0: 4, 1: 4})
     result = invoke("data", "inspect", tmp_path)
     assert result.exit_code == 0, result.output
-    rows = [line for line in result.stdout.splitlines() if "│ train" in line or "│ test" in line]
-    assert len(rows) == 6  # one row per split and modality
-    assert "m2" in rows[2] and "3x28x28" in rows[0]
-    header = next(line for line in result.stdout.splitlines() if "tuples" in line)
+    lines = result.stdout.splitlines()
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if "│ train" in line or "│ test" in line]
+    assert rows == [[split, f"m{k}", "3x28x28", str(n)] for split, n in (("train", len(DIGITS)), ("test", 2))
+                    for k in range(3)]  # one row per split and modality
     labels = sorted(set(DIGITS.values()))
-    assert [c.strip() for c in header.split("┃")[5:-1]] == [str(y) for y in labels]
-    test_row = [c.strip() for c in rows[3].split("│")[1:-1]]
-    assert test_row[:4] == ["test", "m0", "3x28x28", "2"]
-    assert test_row[4:] == ["2" if y == 4 else "0" for y in labels]
+    start = next(i for i, line in enumerate(lines) if "label" in line and "train" in line)
+    assert [c.strip() for c in lines[start].split("┃")[1:-1]] == ["label", "train", "test"]
+    by_label = [[c.strip() for c in line.split("│")[1:-1]] for line in lines[start + 2:start + 2 + len(labels)]]
+    train = list(DIGITS.values())
+    assert by_label == [[str(y), f"{train.count(y)} ({train.count(y) / len(train):.1%})",
+                         "2 (100.0%)" if y == 4 else "0 (0.0%)"] for y in labels]
+    # Was one row per modality with every label's count: at 80 columns each cell was cut to "1…".
+    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= 80 and "…" not in result.stdout
     grid = Image.open(tmp_path / "inspect.png")
     # save_grid: 2 px padding, 2x upscale; 3 modality rows, 5 tuples (one per label) across
     assert grid.size == (2 * (5 * 30 + 2), 2 * (3 * 30 + 2))

@@ -125,17 +125,25 @@ def inspect(
     splits = {s: read_polymnist(path, s) for s in ("train", "test") if (path / s).is_dir()}
     if not splits:
         raise DataError(f"{path}: no train/ or test/ folder")
-    labels = sorted({int(y) for ds in splits.values() for y in ds.labels.unique()})
-    table = Table(title=f"{path} ({detect_layout(path, next(iter(splits)))} layout)")
-    for col in ("split", "modality", "shape", "tuples", *map(str, labels)):
-        table.add_column(col, justify="left" if col in ("split", "modality", "shape") else "right")
+    layout = detect_layout(path, next(iter(splits)))
+    # Every modality shares the tuple labels (the PNG reader checks each file name agrees), so the
+    # modalities get one table and the labels another: one wide table of both was unreadable at 80
+    # columns (every cell cut to "1…").
+    table = Table(title=f"{path} ({layout} layout)")
+    for col in ("split", "modality", "shape", "tuples"):
+        table.add_column(col, justify="right" if col == "tuples" else "left")
     for split, ds in splits.items():
-        counts = Counter(ds.labels.tolist())
         for spec in ds.modalities:
-            # Every modality shares the tuple labels (the PNG reader checks each file name agrees).
-            table.add_row(split, spec.name, "x".join(map(str, spec.shape)), str(len(ds)),
-                          *(str(counts[y]) for y in labels))
+            table.add_row(split, spec.name, "x".join(map(str, spec.shape)), str(len(ds)))
     out_console.print(table)
+    counts = {split: Counter(ds.labels.tolist()) for split, ds in splits.items()}
+    labels = sorted({y for c in counts.values() for y in c})
+    by_label = Table(title="tuples per label")
+    for col in ("label", *splits):
+        by_label.add_column(col, justify="right")
+    for y in labels:
+        by_label.add_row(str(y), *(f"{c[y]} ({c[y] / max(len(splits[s]), 1):.1%})" for s, c in counts.items()))
+    out_console.print(by_label)
 
     ds = splits.get("train") or next(iter(splits.values()))
     # One tuple per label first, so the grid shows every digit when it can.
