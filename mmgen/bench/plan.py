@@ -129,16 +129,23 @@ def with_new_defaults(stored: Any, current: Any, defaults: Any) -> Any:
 
 
 def default_config(cfg: dict[str, Any], registry: Any) -> dict[str, Any] | None:
-    """Every option's default value for the components ``cfg`` chooses (None if they have none)."""
+    """Every option's default value for the components ``cfg`` chooses (None if one is not
+    registered). Read from the config dataclasses' fields, not validated: a component whose
+    config needs a value (PolyMNIST's data.path) has no valid all-defaults config, and resolving
+    one made every polymnist run look changed after an upgrade."""
     raw = dataclasses.asdict(RunConfig())
-    for path in COMPONENT_SECTIONS:
+    for path, kind in COMPONENT_SECTIONS.items():
         parent, _, key = path.rpartition(".")
         target = raw[parent.split(".")[0]] if parent else raw
-        target[key] = {"name": _section(cfg, path)["name"]}
-    try:
-        return resolve(raw, registry)
-    except MMGenError:
-        return None
+        name = _section(cfg, path)["name"]
+        try:
+            component = registry.get(kind, name)
+        except MMGenError:
+            return None
+        defaults = component.default_config()
+        target[key] = {"name": name, **{k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                        for k, v in defaults.items()}}
+    return raw
 
 
 def _section(cfg: dict[str, Any], path: str) -> dict[str, Any]:
