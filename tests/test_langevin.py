@@ -197,3 +197,19 @@ def test_a_huge_step_size_gives_non_finite_samples_not_an_overflow_error():
     for fast in (True, False):  # the fused move (an addmm with beta = 1 - s^2/2 / sigma0^2) and autograd
         prior = EBMPrior(EBMConfig(hidden=8, steps=3, step_size=1e30, fast_grad=fast, cuda_graph=False), 2)
         assert not torch.isfinite(prior.sample(4)).all()
+
+
+def test_the_ebm_trains_with_plain_adam_whatever_train_amsgrad_says(plugins, tiny_overrides):
+    """SPEC 1.2: the EBM has its own Adam (lr 2e-5, betas (0.5, 0.999)). train.amsgrad, on in the
+    MMVAE-based EBM recipes, reached its group too: every group took the optimizer's default."""
+    from mmgen.train import make_optimizer
+
+    from .helpers import tiny_model
+
+    for extra, ebm_amsgrad in (([], False), (["model.prior.amsgrad=true"], True)):
+        cfg, model, _ = tiny_model(plugins, tiny_overrides, ["model.prior.name=ebm", "train.amsgrad=true", *extra])
+        groups = make_optimizer(model, cfg["train"]).param_groups
+        ebm = [g for g in groups if any(p is q for p in g["params"] for q in model.prior.energy.parameters())]
+        assert len(ebm) == 1 and ebm[0]["amsgrad"] is ebm_amsgrad
+        assert (ebm[0]["lr"], tuple(ebm[0]["betas"])) == (2e-5, (0.5, 0.999))
+        assert all(g["amsgrad"] for g in groups if g is not ebm[0])  # the encoders and decoders: train.amsgrad

@@ -69,6 +69,7 @@ class EBMConfig:
     lr: float = 2e-5
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
+    amsgrad: bool = False  # the EBM's own Adam is plain Adam (SPEC 1.2), whatever train.amsgrad says
 
     def __post_init__(self):
         check_positive(self, "hidden", "sigma0", "step_size", "lr")
@@ -392,9 +393,10 @@ class EBMPrior(Prior):
         return loss
 
     def param_groups(self) -> list[dict]:
-        """The energy network trains with its own Adam settings (default lr 2e-5, betas 0.5/0.999)."""
-        return [{"params": list(self.energy.parameters()), "lr": self.cfg.lr,
-                 "betas": tuple(self.cfg.betas), "weight_decay": self.cfg.weight_decay}]
+        """The energy network trains with its own Adam settings (default lr 2e-5, betas 0.5/0.999,
+        no AMSGrad: train.amsgrad, on in the MMVAE-based recipes, is the encoders' and decoders')."""
+        return [{"params": list(self.energy.parameters()), "lr": self.cfg.lr, "betas": tuple(self.cfg.betas),
+                 "weight_decay": self.cfg.weight_decay, "amsgrad": self.cfg.amsgrad}]
 
     def stabilize(self, factor: float) -> list[str]:
         old = self.cfg.step_size
