@@ -90,6 +90,18 @@ def test_resume_applies_changed_train_settings(tmp_path, tiny_overrides):
     assert "lr: 0.0003" in (out / "config.yaml").read_text()
 
 
+def test_resume_refuses_to_change_train_amsgrad(tmp_path, tiny_overrides):
+    """The optimizer's AMSGrad setting comes back from the checkpoint (its state has another
+    layout), so a changed train.amsgrad was accepted, written to config.yaml and silently ignored."""
+    out = tmp_path / "run"
+    assert run("--max-steps", "2", "--out", str(out), *tiny_overrides, "train.amsgrad=false").exit_code == 0
+    result = run("--resume", str(out), "--max-steps", "4", "train.amsgrad=true")
+    assert result.exit_code == 2 and "train.amsgrad cannot change (the run trains with amsgrad=false" in result.output
+    assert "amsgrad: false" in (out / "config.yaml").read_text()
+    assert load_checkpoint(out / "checkpoints" / "final.pt")["progress"]["step"] == 2  # nothing trained
+    assert run("--resume", str(out), "--max-steps", "4", "train.amsgrad=false").exit_code == 0  # unchanged: fine
+
+
 def test_a_new_run_never_writes_over_an_existing_one(tmp_path, tiny_overrides, monkeypatch):
     out = tmp_path / "run"
     assert run("--max-steps", "2", "--out", str(out), *tiny_overrides).exit_code == 0

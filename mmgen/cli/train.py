@@ -52,6 +52,10 @@ def train(
         if bad:
             raise MMGenError(f"--resume: only train.* settings and data.path may change, not {', '.join(bad)}")
         cfg = resolve(merge_sources([stored, changes]), plugins.registry)
+        was = stored.get("train", {}).get("amsgrad")
+        if was is not None and cfg["train"]["amsgrad"] != was:  # the checkpoint's Adam state has its layout
+            raise MMGenError(f"--resume: train.amsgrad cannot change (the run trains with amsgrad={str(was).lower()} "
+                             "and its optimizer state is kept); start a new run to change it")
         try:
             run_dir = run_training(cfg, plugins, run_dir=resume, resume=True, console=err_console)
         except DataNotFound as exc:
