@@ -83,8 +83,8 @@ class MultimodalModel(nn.Module):
     def aux_scale(self) -> Tensor:
         """Scales ``(M, W)`` of the auxiliary priors r_m(w) = family(0, scale_m), one per modality.
 
-        The raw parameter goes through the encoders' own scale map, as in MMVAE+ (softmax(raw) * W
-        for Laplace, softplus for Gaussian), so r starts at the prior p(w)'s scale 1 for Laplace.
+        The raw parameter goes through the encoders' own scale map (``model.scale_param``), as in
+        MMVAE+ (softmax(raw) * W with its recipe), so r starts at the prior p(w)'s scale 1 there.
         """
         if not self.private_dim:
             return torch.ones(self.num_modalities, 0)
