@@ -7,9 +7,10 @@ the mixture, whose density is exact). The estimate is a stochastic lower bound o
 the reported NLL is an upper bound in expectation that tightens as K grows; MMVAE reports it with
 K = 1000. Units: nats per test tuple, under the model's continuous likelihood on [0, 1] pixels.
 
-An energy-based prior is unnormalised: its log Z(alpha) = log E_{p0}[exp(f(z))] (f unweighted, as in ``prior.log_prob``) is estimated
-by simple Monte Carlo from the Gaussian reference p0 (fine in a 16-32 dimensional latent with a
-smooth energy; ``log_z`` is reported so the correction can be judged).
+An energy-based prior is unnormalised: its log Z(alpha) = log E_{p0}[exp(f(z))] (f unweighted,
+as in ``prior.log_prob``) is estimated by simple Monte Carlo from the Gaussian reference p0 (fine
+in a 16-32 dimensional latent with a smooth energy; ``log_z`` is reported so the correction can be
+judged).
 """
 
 from __future__ import annotations
