@@ -108,14 +108,22 @@ class FiniteGuard:
     that were skipped so the policy (stop, skip, rollback) can act on them there.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    def __init__(self, optimizer: torch.optim.Optimizer, processes: int = 1):
         self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+        self.processes = processes
         self.pending: list[_Pending] = []
 
     def guard(self, model: MultimodalModel, step: int, epoch: int, out, grad_norm: torch.Tensor) -> None:
         """Record the step and arm the optimizer to skip it if anything is non-finite."""
         loss = out.loss.detach()
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if self.processes > 1:
+            # Every process must skip (and stop, roll back) together: a loss that is non-finite on
+            # one process only, with finite gradients, would otherwise leave the replicas a step
+            # apart, waiting on each other forever. A collective on the device, not a host sync.
+            agreed = finite.to(torch.float32)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+            finite = agreed > 0
         named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
         norms = torch._foreach_norm([g for _, g in named]) if named else []
         grad_finite = torch.isfinite(torch.stack(norms)) if named else finite.new_ones(0)
@@ -278,7 +286,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
 
     def restore(ckpt: dict[str, Any]) -> TrainState:
         try:
-            model.load_state_dict(ckpt["model"])
+            # (a rollback comes here after accelerator.prepare: load into the unwrapped model, not DDP)
+            accelerator.unwrap_model(model).load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: "
@@ -351,7 +360,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                    disable=not (is_main and tcfg["progress"]))
     clip = tcfg["grad_clip"] if tcfg["grad_clip"] > 0 else math.inf
     t0, step0 = time.perf_counter(), state.step
-    guard = FiniteGuard(optimizer)
+    guard = FiniteGuard(optimizer, accelerator.num_processes)
+
+    def say(message: str) -> None:  # what every process does alike is said once, by the main one
+        if is_main:
+            console.print(message)
 
     def settle() -> bool:
         """Apply the non-finite policy to the steps since the last sync; True if the latest was skipped."""
@@ -361,14 +374,14 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         where, report = skipped[0]
         policy = tcfg["on_nonfinite"]
         if policy == "rollback" and state.rollbacks < tcfg["max_rollbacks"]:
-            console.print(f"[yellow]{where}: non-finite {report}; rolling back to the last checkpoint")
+            say(f"[yellow]{where}: non-finite {report}; rolling back to the last checkpoint")
             raise _Rollback
         if policy != "skip":
             hint = ("rollbacks exhausted" if policy == "rollback"
                     else "set train.on_nonfinite=skip or rollback to continue past it")
             raise DivergenceError(f"non-finite value at {where}: {report} ({hint})")
         for where, report in skipped:
-            console.print(f"[yellow]{where}: skipped a batch with non-finite {report}")
+            say(f"[yellow]{where}: skipped a batch with non-finite {report}")
         state.step -= len(skipped)  # skipped batches are consumed, not steps
         return latest_bad
 
@@ -433,7 +446,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                 state.lr_scale *= factor
                 set_lr_scale(state.lr_scale)
                 changes = core.stabilize(factor) + [f"learning rates x{state.lr_scale:.4g}"]
-                console.print(f"[yellow]rollback {rollbacks}/{tcfg['max_rollbacks']} to step {state.step}: {'; '.join(changes)}")
+                say(f"[yellow]rollback {rollbacks}/{tcfg['max_rollbacks']} to step {state.step}: {'; '.join(changes)}")
                 continue
             if state.batch >= len(batches):
                 if whole_epoch and state.step == steps_before:  # on_nonfinite=skip would go on forever
@@ -518,6 +531,8 @@ def nonfinite_report(model: MultimodalModel, step: _Pending) -> str:
     if not bad and not torch.isfinite(step.grad_norm):
         owners = sorted({o for o, ok in zip(step.grad_owners, step.grad_finite.tolist()) if not ok})
         bad.append(f"gradient norm={float(step.grad_norm)} in {', '.join(owners) or 'unknown parameters'}")
+    if not bad and torch.isfinite(step.loss) and torch.isfinite(step.grad_norm):
+        return "values on another process"  # this process's step was finite; another's was not
     return "; ".join(bad) or f"loss={float(step.loss)}"
 
 
