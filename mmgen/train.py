@@ -35,7 +35,11 @@ from mmgen.run import component_plugins
 @dataclass
 class TrainState:
     """Where training stands: optimizer steps taken, the epoch and batches done in it, and the
-    divergence history (rollbacks taken, the step-size and learning-rate factors they applied)."""
+    divergence history (rollbacks taken, the step-size and learning-rate factors they applied).
+
+    ``batch`` counts one process's batches, and ``processes`` says how many processes ran: a run
+    resumed with another number of processes continues the epoch at the same place
+    (:func:`reshard`); ``offset`` is how far such a change moved the step that ends the epochs."""
 
     step: int = 0
     epoch: int = 0
@@ -43,6 +47,27 @@ class TrainState:
     rollbacks: int = 0
     damping: float = 1.0
     lr_scale: float = 1.0
+    processes: int = 1
+    offset: int = 0
+
+
+def reshard(state: TrainState, full: int, processes: int) -> tuple[TrainState, str]:
+    """``state`` for ``processes`` processes instead of ``state.processes``, and a note saying so
+    (empty when they are the same); ``full`` is the number of whole batches in an epoch.
+
+    The epoch goes on after the batches all processes took together; when their number does not
+    divide among the new processes, the few left over in this epoch (fewer than ``processes``)
+    are skipped rather than seen twice. The end of ``train.epochs`` stays where it was."""
+    if state.processes == processes:
+        return state, ""
+    per_old, per_new = full // state.processes, full // processes
+    taken = state.batch * state.processes
+    batch = min(-(-taken // processes), per_new)
+    offset = state.offset + (state.epoch * per_old + state.batch) - (state.epoch * per_new + batch)
+    note = (f"resuming a run of {state.processes} process{'es' if state.processes > 1 else ''} with {processes}: "
+            f"epoch {state.epoch} goes on after batch {taken} of {full}"
+            + (f" ({batch * processes - taken} skipped)" if batch * processes > taken else ""))
+    return TrainState(**dict(vars(state), batch=batch, processes=processes, offset=offset)), note
 
 
 class _Rollback(Exception):
@@ -278,7 +303,7 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     optimizer = make_optimizer(model, tcfg)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     configured = [{k: g[k] for k in ("betas", "weight_decay")} for g in optimizer.param_groups]
-    state = TrainState()
+    state = TrainState(processes=accelerator.num_processes)
 
     def set_lr_scale(scale: float) -> None:
         for group, lr in zip(optimizer.param_groups, base_lrs):
@@ -293,7 +318,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: "
                                   f"{str(exc).splitlines()[0]}") from None
         set_rng_state(ckpt["rng"])
-        restored = TrainState(**ckpt["progress"])
+        # (a checkpoint from before `processes` was recorded: as many processes as now, as then assumed)
+        restored = TrainState(**{"processes": accelerator.num_processes, **ckpt["progress"]})
         # The optimizer's settings are the config's (a resume may change train.lr and the like),
         # its learning rates scaled by the rollbacks taken; its moments are the checkpoint's.
         for group, settings in zip(optimizer.param_groups, configured):
@@ -329,7 +355,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                                        rank=accelerator.process_index, world=accelerator.num_processes))
     if steps_per_epoch == 0:
         raise MMGenError(f"train.batch_size: {tcfg['batch_size']} is larger than the training set ({len(train_set)} tuples)")
-    total = tcfg["epochs"] * steps_per_epoch
+    state, note = reshard(state, len(EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], 0)),
+                          accelerator.num_processes)
+    if note and is_main:
+        console.print(f"[yellow]note:[/] {note}")
+    total = tcfg["epochs"] * steps_per_epoch + state.offset
     if tcfg["max_steps"]:
         total = min(total, tcfg["max_steps"])
 

@@ -510,3 +510,42 @@ def test_two_processes_roll_back_together_when_one_has_a_nonfinite_loss(tmp_path
     assert proc.stderr.count("rollback 1/3 to step 0") == 1  # said once, by rank 0
     assert "step 3 (epoch 0): non-finite values on another process" in " ".join(proc.stderr.split())
     assert load_checkpoint(out / "checkpoints" / "final.pt")["progress"]["rollbacks"] == 1
+
+
+def test_reshard_continues_the_epoch_after_the_batches_all_processes_took():
+    from mmgen.train import TrainState, reshard
+
+    # 2 processes took 2 batches each of epoch 1 (8 whole batches, 4 per process): 1 process goes
+    # on at batch 4 (was: at its own batch 2, seeing batches 2 and 3 of the epoch twice).
+    state, note = reshard(TrainState(step=6, epoch=1, batch=2, processes=2), full=8, processes=1)
+    assert (state.batch, state.processes) == (4, 1)
+    assert note == "resuming a run of 2 processes with 1: epoch 1 goes on after batch 4 of 8"
+    # The epochs end where they did: 4 steps left in epoch 1, then 8 a epoch (was: epochs x 8 steps).
+    assert 5 * 8 + state.offset == 6 + 4 + 3 * 8
+    # 1 process took 3 batches: 2 processes go on at global batch 4, skipping batch 3, not repeating it.
+    state, note = reshard(TrainState(step=11, epoch=1, batch=3), full=8, processes=2)
+    assert state.batch == 2 and note.endswith("after batch 3 of 8 (1 skipped)")
+    assert 5 * 4 + state.offset == 11 + 2 + 3 * 4
+    same = TrainState(step=6, epoch=1, batch=2, processes=2)
+    assert reshard(same, full=8, processes=2) == (same, "")
+
+
+@pytest.mark.slow
+def test_a_one_process_run_resumed_with_two_trains_the_remaining_epochs(tmp_path):
+    out = tmp_path / "run"
+    tiny = ["data.modalities=2", "data.train_size=64", "data.test_size=16", "model.latent_dim=4",
+            "model.encoder.name=mlp", "model.encoder.hidden=16", "model.decoder.name=mlp",
+            "model.decoder.hidden=16", "train.batch_size=8", "train.log_every=1", "train.progress=false",
+            "train.device=cpu", "train.epochs=3"]
+    # Stopped at step 12 of 24, in the middle of epoch 1 (8 batches an epoch on 1 process).
+    assert cli("train", "--out", str(out), "--max-steps", "12", *tiny).exit_code == 0
+    (out / "checkpoints" / "final.pt").unlink()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmgen.cli.main", "train", "--resume", str(out), "train.max_steps=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming a run of 1 process with 2: epoch 1 goes on after batch 4 of 8" in proc.stderr
+    # Was: 2 processes make 4 steps an epoch, so 3 epochs were 12 steps, reached already: it stopped.
+    progress = load_checkpoint(out / "checkpoints" / "final.pt")["progress"]
+    assert (progress["epoch"], progress["batch"], progress["step"]) == (3, 0, 12 + 2 + 4)
