@@ -549,3 +549,15 @@ def test_a_one_process_run_resumed_with_two_trains_the_remaining_epochs(tmp_path
     # Was: 2 processes make 4 steps an epoch, so 3 epochs were 12 steps, reached already: it stopped.
     progress = load_checkpoint(out / "checkpoints" / "final.pt")["progress"]
     assert (progress["epoch"], progress["batch"], progress["step"]) == (3, 0, 12 + 2 + 4)
+
+
+@pytest.mark.slow
+def test_two_processes_say_a_config_error_once(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmgen.cli.main", "train", "--out", str(tmp_path / "run"), "train.device=cpu", "train.nosuch=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0
+    # Was: the same line from each process (the launcher's own failure report follows it).
+    assert proc.stderr.count("error: config: train.nosuch: unknown key; valid keys: epochs") == 1, proc.stderr
+    assert "failed (exitcode: 2)" in proc.stderr

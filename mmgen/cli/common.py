@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmgen.config import compose, resolve
-from mmgen.errors import ConfigError, MMGenError, MMGenWarning
+from mmgen.errors import ConfigError, DivergenceError, Interrupted, MMGenError, MMGenWarning
 from mmgen.plugins import Plugins, create_plugin_manager
 
 err_console = Console(stderr=True, highlight=False)
@@ -120,14 +121,28 @@ class OneLineErrorsGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
+def said_by_another_process() -> bool:
+    """In a multi-process launch (torchrun, accelerate launch), every process but rank 0."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2."""
+    """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2.
+
+    In a multi-process launch, an error every process meets alike (the config, a divergence the
+    processes agree on, an interrupt) is said once, by rank 0; the others exit with its code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
+        except (ConfigError, DivergenceError, Interrupted, KeyboardInterrupt) as exc:
+            if said_by_another_process():
+                raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+            if isinstance(exc, KeyboardInterrupt):
+                raise fail("interrupted", 130) from None
+            if not isinstance(exc, ConfigError):
+                raise fail(str(exc), exc.exit_code) from None
             if len(exc.errors) == 1:
                 raise fail(f"config: {exc.errors[0]}") from None
             for e in exc.errors:
@@ -138,8 +153,6 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # an unwritable --out, a path under a file, a full disk, ...
             where = f"{exc.filename}: " if exc.filename else ""
             raise fail(f"{where}{exc.strerror or exc}") from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
 
     return wrapper
 
