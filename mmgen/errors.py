@@ -23,6 +23,10 @@ class ConfigError(MMGenError):
         super().__init__("; ".join(self.errors))
 
 
+class RunExists(MMGenError):
+    """A new run's --out already holds a run (every process of a multi-process run sees it alike)."""
+
+
 class DataError(MMGenError):
     """A dataset file is missing, corrupt or inconsistent."""
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
 from mmgen.config import component_config, to_yaml
 from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset, format_shape
-from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError
+from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError, RunExists
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
 from mmgen.plugins import Plugins
@@ -196,7 +196,7 @@ def check_fresh_run_dir(run_dir: Path) -> None:
         raise MMGenError(f"--out {run_dir} is a file; choose a folder for the run")
     for name in ("checkpoints/latest.pt", "checkpoints/final.pt", "metrics.jsonl"):
         if (run_dir / name).exists():
-            raise MMGenError(f"--out {run_dir} already holds a run ({name}); continue it with "
+            raise RunExists(f"--out {run_dir} already holds a run ({name}); continue it with "
                              f"`mmgen train --resume {run_dir}`, or choose another --out")
 
 

@@ -561,3 +561,16 @@ def test_two_processes_say_a_config_error_once(tmp_path):
     # Was: the same line from each process (the launcher's own failure report follows it).
     assert proc.stderr.count("error: config: train.nosuch: unknown key; valid keys: epochs") == 1, proc.stderr
     assert "failed (exitcode: 2)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_say_once_that_out_holds_a_run(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest.pt").write_bytes(b"")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmgen.cli.main", "train", "--out", str(out), "train.device=cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0
+    assert " ".join(proc.stderr.split()).count(f"error: --out {out} already holds a run") == 1, proc.stderr

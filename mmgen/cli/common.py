@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmgen.config import compose, resolve
-from mmgen.errors import ConfigError, DivergenceError, Interrupted, MMGenError, MMGenWarning
+from mmgen.errors import ConfigError, DivergenceError, Interrupted, MMGenError, MMGenWarning, RunExists
 from mmgen.plugins import Plugins, create_plugin_manager
 
 err_console = Console(stderr=True, highlight=False)
@@ -129,14 +129,14 @@ def said_by_another_process() -> bool:
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2.
 
-    In a multi-process launch, an error every process meets alike (the config, a divergence the
-    processes agree on, an interrupt) is said once, by rank 0; the others exit with its code."""
+    In a multi-process launch, an error every process meets alike (the config, an --out that holds a
+    run, a divergence the processes agree on, an interrupt) is said once, by rank 0; the others exit with its code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DivergenceError, Interrupted, KeyboardInterrupt) as exc:
+        except (ConfigError, DivergenceError, Interrupted, RunExists, KeyboardInterrupt) as exc:
             if said_by_another_process():
                 raise typer.Exit(getattr(exc, "exit_code", 130)) from None
             if isinstance(exc, KeyboardInterrupt):
