@@ -9,6 +9,7 @@ one, so a kill at any moment leaves either the previous checkpoint or the new on
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -116,9 +117,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, *, config: dict, plugins: dict[str, str], model: dict, optimizer: dict,
-                    progress: dict[str, int], extra: dict | None = None) -> None:
-    """Write a training checkpoint atomically."""
-    atomic_save({
+                    progress: dict[str, int], extra: dict | None = None,
+                    rng_per_process: list[dict[str, Any]] | None = None) -> None:
+    """Write a training checkpoint atomically. ``rng_per_process``: in a multi-process run, every
+    process's :func:`rng_state` (by rank), so that each goes on with its own random stream."""
+    state = {
         "format": FORMAT,
         "mmgen_version": __version__,
         "config": config,
@@ -128,7 +131,18 @@ def save_checkpoint(path: str | Path, *, config: dict, plugins: dict[str, str], 
         "progress": progress,
         "rng": rng_state(),
         "extra": extra or {},
-    }, path)
+    }
+    if rng_per_process is not None:
+        state["rng_per_process"] = rng_per_process
+    atomic_save(state, path)
+
+
+def process_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of process ``rank``'s random stream in a multi-process run (rank 0 keeps ``seed``'s
+    own stream): distinct per process, so that the processes do not draw the same noise (the same
+    reparameterisation samples, the same prior Langevin negatives) on their different batches."""
+    digest = hashlib.sha256(f"mmgen-process-seed:{seed}:{rank}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def safe_load(path: str | Path, what: str, problem: str, error: type[MMGenError] = MMGenError) -> Any:

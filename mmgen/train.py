@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from mmgen.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, set_rng_state
+from mmgen.checkpoint import (atomic_write_text, load_checkpoint, process_seed, rng_state, save_checkpoint,
+                              set_rng_state)
 from mmgen.config import component_config, to_yaml
 from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset, format_shape
 from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError, RunExists
@@ -317,9 +318,15 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{ckpt_dir / 'latest.pt'} does not match the configured model: "
                                   f"{str(exc).splitlines()[0]}") from None
-        set_rng_state(ckpt["rng"])
         # (a checkpoint from before `processes` was recorded: as many processes as now, as then assumed)
         restored = TrainState(**{"processes": accelerator.num_processes, **ckpt["progress"]})
+        rank, streams = accelerator.process_index, ckpt.get("rng_per_process")
+        if streams is not None and len(streams) == accelerator.num_processes:
+            set_rng_state(streams[rank])  # every process goes on with its own stream
+        else:  # one process before, or another number: rank 0 goes on, the others start anew
+            set_rng_state(ckpt["rng"])
+            if rank > 0:
+                torch.manual_seed(process_seed(cfg["seed"], rank, restored.step))
         # The optimizer's settings are the config's (a resume may change train.lr and the like),
         # its learning rates scaled by the rollbacks taken; its moments are the checkpoint's.
         for group, settings in zip(optimizer.param_groups, configured):
@@ -343,8 +350,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             _truncate_metrics(run_dir / "metrics.jsonl", state.step)
             _truncate_metrics(run_dir / "eval.jsonl", state.step)
             _remove_stale_temporaries(ckpt_dir)
-    elif is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        if is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.process_index > 0:  # the same initial weights (seeded above), then each its own noise
+            torch.manual_seed(process_seed(cfg["seed"], accelerator.process_index))
     if is_main:  # on resume too: config.yaml records the train.* settings that now run
         saved = dict(cfg, out=str(run_dir), plugin_versions=dict(plugins.versions))
         atomic_write_text(to_yaml(saved), run_dir / "config.yaml")
@@ -364,12 +374,19 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         total = min(total, tcfg["max_steps"])
 
     def checkpoint(name: str) -> None:
+        # Every process calls this at the same points: with several, their random states are gathered.
+        streams = None
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            streams = gather_object([rng_state()])
         if is_main:
             save_checkpoint(ckpt_dir / name, config=cfg, plugins=dict(plugins.versions),
                             model=core.state_dict(), optimizer=optimizer.state_dict(),
                             progress=vars(state), extra={"components": component_plugins(cfg, plugins),
                                                          "data_fingerprint": data_fingerprint,
-                                                         "modalities": [[m.name, list(m.shape)] for m in train_set.modalities]})
+                                                         "modalities": [[m.name, list(m.shape)] for m in train_set.modalities]},
+                            rng_per_process=streams)
 
     if state.step == 0 and not resume:  # (a resumed run restored the random state after it)
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.

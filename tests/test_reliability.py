@@ -413,22 +413,40 @@ def test_checkpoint_from_other_format_or_missing_plugin(tmp_path, tiny_overrides
 @pytest.mark.slow
 def test_two_processes_stay_in_sync_and_only_rank0_writes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "mmgen.cli.main", "train", "--out", str(out), "--max-steps", "6", *[
-               "data.modalities=2", "data.train_size=64", "data.test_size=16", "model.latent_dim=4",
-               "model.encoder.name=mlp", "model.encoder.hidden=16", "model.decoder.name=mlp",
-               "model.decoder.hidden=16", "train.batch_size=8", "train.log_every=1", "train.progress=false",
-               "train.device=cpu"]]
-    # Two CPU processes, on a machine with or without a GPU (with one GPU, torch.distributed's
-    # barrier used to ask for CUDA device 1 on rank 1: mmgen.train.wait_for_everyone).
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tiny = ["data.modalities=2", "data.train_size=64", "data.test_size=16", "model.latent_dim=4",
+            "model.encoder.name=mlp", "model.encoder.hidden=16", "model.decoder.name=mlp", "model.decoder.hidden=16",
+            "model.prior.name=ebm", "model.prior.hidden=8", "model.prior.steps=3",
+            "train.batch_size=8", "train.log_every=1", "train.progress=false", "train.device=cpu"]
+
+    def launch(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "mmgen.cli.main", "train", *args]
+        # Two CPU processes, on a machine with or without a GPU (with one GPU, torch.distributed's
+        # barrier used to ask for CUDA device 1 on rank 1: mmgen.train.wait_for_everyone).
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    proc = launch("--out", str(out), "--max-steps", "6", *tiny)
     # Parameters were compared across processes at the end (an error otherwise); only rank 0 wrote.
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert proc.stderr.count("done: run directory") == 1
+
+    # Each process draws its own noise (was: the same seed everywhere, so the same reparameterisation
+    # samples and prior Langevin negatives on every process), and the checkpoint keeps every stream:
+    # stopped at step 3 and resumed, two processes end exactly where the uninterrupted run did.
+    final = load_checkpoint(out / "checkpoints" / "final.pt")
+    streams = final["rng_per_process"]
+    assert len(streams) == 2 and not torch.equal(streams[0]["torch"], streams[1]["torch"])
+    assert torch.equal(streams[0]["torch"], final["rng"]["torch"])
+    launch("--out", str(tmp_path / "resumed"), "--max-steps", "3", *tiny)
+    launch("--resume", str(tmp_path / "resumed"), "--max-steps", "6")
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")
+    for name, value in final["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
 
 
 class TwoReplicas:
