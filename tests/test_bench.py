@@ -197,6 +197,40 @@ def test_an_interrupted_launcher_terminates_its_processes_and_says_so(tmp_path):
     assert ended == [(-15, True)]  # SIGTERM, and flagged as an interruption, not a failure
 
 
+class _InterruptedWhileStarting(__import__("multiprocessing").context.ForkServerProcess):
+    """A worker process whose start() is interrupted by Ctrl-C at its very end: the worker exists
+    (forked, its pid known) but the launcher has not recorded it yet."""
+
+    def start(self):
+        import os
+        import signal
+        import time
+
+        super().start()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the Python-level handler runs here, still inside start()
+
+
+def test_ctrl_c_while_a_worker_starts_terminates_it_and_says_so(tmp_path):
+    """The first start launches the fork server (seconds of imports): a Ctrl-C or kill then used to
+    leave the forked worker unrecorded, so it was neither terminated nor reported interrupted (it
+    trained on until its parent-watch stopped it, and recorded itself as failed)."""
+    import multiprocessing
+    import types
+
+    launcher = LocalLauncher(jobs=1, gpus=[])
+    launcher.ctx = types.SimpleNamespace(Process=_InterruptedWhileStarting)
+    ended = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            launcher.run([Task("t", _sleep, (30,), tmp_path / "log")], lambda task, where: None,
+                         lambda *args: ended.append(args[1:]))
+        assert ended == [(-15, True)]  # terminated, and flagged as an interruption
+    finally:
+        for child in multiprocessing.active_children():  # without the fix: the orphan still sleeps
+            child.terminate()
+
+
 class InterruptingLauncher:
     """As LocalLauncher when Ctrl-C comes while the first run trains: that run's worker is
     stopped (having seen the Ctrl-C itself and recorded a failure, or not), the others never start."""

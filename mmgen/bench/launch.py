@@ -88,8 +88,9 @@ class LocalLauncher:
                         env["CUDA_VISIBLE_DEVICES"] = slot
                     proc = self.ctx.Process(target=_exit_with, name=f"mmgen-bench {task.label}",
                                             args=(task.fn, *task.args, os.getcwd(), env, threads))
-                    proc.start()
-                    running[proc.sentinel] = (task, proc, slot)
+                    with _interrupts_deferred():  # a started worker is always in `running`
+                        proc.start()
+                        running[proc.sentinel] = (task, proc, slot)
                     on_start(task, f"pid {proc.pid}" + (f", GPU {slot}" if slot is not None else ""))
                 for sentinel in wait_for(list(running)):
                     task, proc, slot = running.pop(sentinel)
@@ -105,6 +106,33 @@ class LocalLauncher:
                 on_done(task, proc.exitcode if proc.exitcode is not None else -15, True)  # interrupted
             raise
         return codes
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Inside: Ctrl-C (SIGINT) and SIGTERM are held and delivered on leaving.
+
+    Starting a worker can take seconds (the first start launches the fork server, which imports
+    torch and mmgen); an interruption in that window used to leave a worker that had been forked
+    but not yet recorded: not terminated, never reported as interrupted, training on until its
+    parent-watch noticed the benchmark was gone (or the benchmark waiting for it at exit).
+    """
+    import signal
+
+    held: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals}
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+        if held:
+            signal.raise_signal(held[0])  # now the previous handler acts (KeyboardInterrupt for Ctrl-C)
 
 
 class SubmititLauncher:
