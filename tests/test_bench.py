@@ -324,6 +324,17 @@ def test_aggregation_against_hand_computed_means_and_stds(tmp_path):
     assert math.isclose(table["x"]["k"].std, math.sqrt(0.5)) and best_runs(table, [Column("k", "k")]) == {"k": ["y"]}
 
 
+def test_a_cells_std_has_the_decimals_of_its_mean():
+    """A table cell is pasted into papers: "620.3 ± 4.245" mixed 1 and 3 decimals."""
+    from mmgen.bench.report import Cell, fmt_cell
+
+    assert fmt_cell(Cell(620.2926, 4.2447, 2)) == "620.3 ± 4.2"
+    assert fmt_cell(Cell(617.8, 13.18, 3)) == "617.8 ± 13.2"
+    assert fmt_cell(Cell(0.6, 0.1, 3)) == "0.600 ± 0.100"
+    assert fmt_cell(Cell(12.0, 250.0, 3)) == "12.000 ± 250.000"  # the mean decides, not the std
+    assert fmt_cell(Cell(620.29, None, 1)) == "620.3" and fmt_cell(Cell(None, None, 0)) == "–"
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "b.yaml"
     path.write_text(text)

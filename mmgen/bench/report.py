@@ -248,18 +248,26 @@ def best_runs(table: dict[str, dict[str, Cell]], columns: Sequence[Column]) -> d
     return best
 
 
+def _decimals(value: float) -> int:
+    return 3 if abs(value) < 100 else 1
+
+
 def fmt(value: float | None) -> str:
     """A table number: 3 decimals below 100, 1 decimal above."""
     if value is None:
         return "–"
-    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return f"{value:.{_decimals(value)}f}"
 
 
 def fmt_cell(cell: Cell) -> str:
-    """``mean ± std`` (``mean`` alone for one seed, ``–`` for none)."""
+    """``mean ± std`` (``mean`` alone for one seed, ``–`` for none); the std with the mean's
+    decimals (``620.3 ± 4.2``, not ``620.3 ± 4.245``)."""
     if cell.mean is None:
         return "–"
-    return fmt(cell.mean) if cell.std is None else f"{fmt(cell.mean)} ± {fmt(cell.std)}"
+    if cell.std is None:
+        return fmt(cell.mean)
+    d = _decimals(cell.mean)
+    return f"{cell.mean:.{d}f} ± {cell.std:.{d}f}"
 
 
 # ----------------------------------------------------------------------------------------------
