@@ -276,6 +276,19 @@ def test_runs_stopped_by_an_interruption_are_reported_as_interrupted_not_failed(
     assert make_plan(plan.spec, tmp_path / "out").runs[0].action == "train"  # no checkpoint yet: trains again
 
 
+def test_an_interrupted_benchmark_still_writes_its_report(tmp_path, monkeypatch):
+    """Ctrl-C or kill used to exit without a report: results.md was missing, or still showed the
+    previous invocation's table (runs since removed or changed in the bench file)."""
+    import mmgen.bench
+
+    monkeypatch.setattr(mmgen.bench, "make_launcher", lambda name, plan, jobs: InterruptingLauncher(False))
+    result = invoke("bench", write(tmp_path, TINY_BENCH % ("", "{}", ", seeds: [0, 1]")), "--out", tmp_path / "out")
+    assert result.exit_code == 130, result.output
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "`a` seed 0 — interrupted: stopped while training; the same command continues it" in md
+    assert "| a | 0/2 |" in md and (tmp_path / "out" / "results.json").is_file()
+
+
 def fake_run(root: Path, run: str, seed: int, metrics: dict, status: str = "finished") -> dict:
     run_dir = root / f"{run}-s{seed}"
     run_dir.mkdir(parents=True)

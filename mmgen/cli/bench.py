@@ -52,8 +52,20 @@ def bench(
         return
     t0 = time.perf_counter()
     runner = make_launcher(launcher, plan, jobs) if plan.todo else None
-    with _sigterm_as_interrupt():
-        outcome = execute(plan, runner, err_console) if runner is not None else {}
+    try:
+        with _sigterm_as_interrupt():
+            outcome = execute(plan, runner, err_console) if runner is not None else {}
+    except KeyboardInterrupt:
+        # The report still says what finished and what was stopped (a second Ctrl-C skips it).
+        if plan.bench_dir.is_dir():
+            try:
+                write_report(plan)
+            except Exception as exc:  # noqa: BLE001 - the interruption is what to report
+                err_console.print(f"[yellow]note:[/] no report written: {escape(str(exc))}", soft_wrap=True)
+            else:
+                err_console.print(f"wrote {bench_dir}/results.md (the stopped runs are listed as interrupted; "
+                                  "the same command continues them)", soft_wrap=True)
+        raise
     result, files = write_report(plan)
     out_console.print(rich_table(result))
     for note in result.get("notes", []):
