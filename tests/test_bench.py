@@ -556,6 +556,16 @@ def test_column_indices_are_checked_against_the_number_of_modalities(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_metric_or_column_listed_twice_is_an_error(tmp_path):
+    """Both used to be accepted: the table then had every such column twice."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, TINY_BENCH.replace("[cross_coherence, nll]", "[cross_coherence, nll, cross_coherence]")
+                        % ("", "{}", "")))
+    assert any("evaluate.metrics: 'cross_coherence' is listed twice" in e for e in err.value.errors)
+    assert plan_errors(tmp_path, ", columns: [nll/nll, cross_coherence/mean_1to1, nll/nll]") == [
+        "evaluate.columns[2]: 'nll/nll' is already a column; each column once"]
+
+
 def test_metric_curves_need_a_periodic_evaluation_of_that_metric(tmp_path):
     periodic = ", overrides: [train.eval_every=1, 'train.eval_metrics=[joint_coherence]']"
     assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherence]}", run=periodic) == []

@@ -102,6 +102,9 @@ def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.col
         if better not in ("higher", "lower"):
             errors.append(f"{where}[{i}].better: invalid value {better!r}; valid: higher, lower")
             continue
+        if any(c.key == key for c in columns):
+            errors.append(f"{where}[{i}]: '{key}' is already a column; each column once")
+            continue
         columns.append(Column(key, str(spec.get("label", key)), better))
     return columns, errors
 

@@ -179,6 +179,10 @@ def load_spec(path: str | Path) -> BenchSpec:
     if metrics is not None and (not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics)):
         errors.append(f"evaluate.metrics: expected a non-empty list of metric names, got {metrics!r}")
         evaluate["metrics"] = None
+    elif metrics is not None and len(set(metrics)) != len(metrics):
+        twice = next(m for i, m in enumerate(metrics) if m in metrics[:i])
+        errors.append(f"evaluate.metrics: '{twice}' is listed twice (its columns would be too)")
+        evaluate["metrics"] = list(dict.fromkeys(metrics))
     for key in ("n", "batch_size"):
         if not isinstance(evaluate[key], int) or isinstance(evaluate[key], bool) or evaluate[key] < 1:
             errors.append(f"evaluate.{key}: expected a positive integer, got {evaluate[key]!r}")
