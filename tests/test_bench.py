@@ -484,6 +484,44 @@ def test_an_interrupted_slurm_benchmark_cancels_its_jobs_and_reports_them_interr
     assert "interrupted mmvae-s1" in console.file.getvalue()
 
 
+def test_ctrl_c_while_a_job_is_submitted_cancels_it(tmp_path):
+    """A Ctrl-C during submit() (sbatch) used to leave the job submitted but unrecorded: never
+    cancelled, never reported."""
+    import os
+    import signal
+
+    from mmgen.bench.launch import SubmititLauncher
+
+    class Job:
+        job_id, cancelled = "1000", False
+
+        def done(self):
+            return False
+
+        def cancel(self, check=True):
+            self.cancelled = True
+
+    class Executor:
+        job = Job()
+
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, fn, *args):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while sbatch runs
+            for _ in range(100):
+                pass  # the Python-level handler runs here, inside submit()
+            return self.job
+
+    launcher = object.__new__(SubmititLauncher)
+    launcher.name, launcher.executor = "slurm", Executor()
+    ended = []
+    with pytest.raises(KeyboardInterrupt):
+        launcher.run([Task("t", _sleep, (1,), tmp_path / "log")], lambda task, where: None,
+                     lambda *args: ended.append(args[1:]))
+    assert launcher.executor.job.cancelled and ended == [(-15, True)]
+
+
 def test_slurm_launcher_without_submitit_says_how_to_install(tmp_path, monkeypatch):
     import sys
 

@@ -115,7 +115,8 @@ def _interrupts_deferred() -> Iterator[None]:
     Starting a worker can take seconds (the first start launches the fork server, which imports
     torch and mmgen); an interruption in that window used to leave a worker that had been forked
     but not yet recorded: not terminated, never reported as interrupted, training on until its
-    parent-watch noticed the benchmark was gone (or the benchmark waiting for it at exit).
+    parent-watch noticed the benchmark was gone (or the benchmark waiting for it at exit). The
+    same holds for a Slurm job submitted but not yet recorded: it would never be cancelled.
     """
     import signal
 
@@ -167,8 +168,9 @@ class SubmititLauncher:
         try:
             for task in tasks:
                 self.executor.update_parameters(name=f"mmgen-{task.label}")
-                job = self.executor.submit(task.fn, *task.args, os.getcwd(), None, 0)
-                jobs.append((task, job))
+                with _interrupts_deferred():  # a submitted job is always in `jobs`, to be cancelled
+                    job = self.executor.submit(task.fn, *task.args, os.getcwd(), None, 0)
+                    jobs.append((task, job))
                 on_start(task, f"job {job.job_id}")
             while len(codes) < len(jobs):
                 for task, job in jobs:
