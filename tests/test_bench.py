@@ -348,6 +348,18 @@ def test_a_cells_std_has_the_decimals_of_its_mean():
     assert fmt_cell(Cell(620.29, None, 1)) == "620.3" and fmt_cell(Cell(None, None, 0)) == "–"
 
 
+def test_results_md_says_when_cross_generation_was_not_refined(tmp_path):
+    """refine: false changes every cross-generation number (the paper reports both), but the
+    settings line of results.md read the same with and without it."""
+    columns = [Column("cross_coherence/mean_1to1", "cross", "higher")]
+    runs = [fake_run(tmp_path, "a", 0, {"cross_coherence": {"mean_1to1": 0.5}})]
+    bench = {"name": "t", "data": {"name": "default"}, "budget": {"epochs": 1}, "seeds": [0],
+             "evaluate": {"metrics": ["cross_coherence"], "n": 10, "seed": 0, "refine": True}}
+    assert "(n=10, seed 0)" in markdown(build_report(bench, runs, columns))
+    bench["evaluate"]["refine"] = False
+    assert "(n=10, cross generation without refinement, seed 0)" in markdown(build_report(bench, runs, columns))
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "b.yaml"
     path.write_text(text)

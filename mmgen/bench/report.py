@@ -387,7 +387,8 @@ def _settings_line(bench: dict[str, Any]) -> str:
     ev = bench["evaluate"]
     return (f"data `{bench['data']['name']}`" + (f" ({data})" if data else "") + f" · budget {budget} · seeds "
             f"{', '.join(map(str, bench['seeds']))} · evaluation {', '.join(ev['metrics'])} (n={ev['n']}"
-            + (f", n_test={ev['n_test']}" if ev.get("n_test") else "") + f", seed {ev['seed']})")
+            + (f", n_test={ev['n_test']}" if ev.get("n_test") else "")
+            + ("" if ev.get("refine", True) else ", cross generation without refinement") + f", seed {ev['seed']})")
 
 
 def markdown(report: dict[str, Any]) -> str:
