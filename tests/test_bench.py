@@ -360,6 +360,18 @@ def test_results_md_says_when_cross_generation_was_not_refined(tmp_path):
     assert "(n=10, cross generation without refinement, seed 0)" in markdown(build_report(bench, runs, columns))
 
 
+def test_a_column_label_with_a_pipe_keeps_the_markdown_table_aligned(tmp_path):
+    """A label like "coherence | 1 given" split its header cell in two: every column shifted."""
+    columns = [Column("cross_coherence/mean_1to1", "coherence | 1 given", "higher")]
+    runs = [fake_run(tmp_path, "a", 0, {"cross_coherence": {"mean_1to1": 0.5}})]
+    bench = {"name": "t", "data": {"name": "default"}, "budget": {"epochs": 1}, "seeds": [0],
+             "evaluate": {"metrics": ["cross_coherence"], "n": 10, "seed": 0}}
+    md = markdown(build_report(bench, runs, columns))
+    assert "| run | seeds | coherence \\| 1 given ↑ |" in md
+    header, rule, row = [line for line in md.splitlines() if line.startswith("| ")][:3]
+    assert [len(line.replace("\\|", "").split("|")) for line in (header, rule, row)] == [5, 5, 5]
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "b.yaml"
     path.write_text(text)

@@ -391,6 +391,11 @@ def _settings_line(bench: dict[str, Any]) -> str:
             + ("" if ev.get("refine", True) else ", cross generation without refinement") + f", seed {ev['seed']})")
 
 
+def _md_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell: a ``|`` would end the cell (and shift every column)."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """results.md: one row per run, ``mean ± std`` over seeds, the best mean per column in bold."""
     columns = report_columns(report)
@@ -398,7 +403,7 @@ def markdown(report: dict[str, Any]) -> str:
     if report["bench"].get("description"):
         lines += [report["bench"]["description"].strip(), ""]
     lines += [_settings_line(report["bench"]), ""]
-    lines.append("| run | seeds | " + " | ".join(f"{c.label} {c.arrow}" for c in columns) + " |")
+    lines.append("| run | seeds | " + " | ".join(f"{_md_cell(c.label)} {c.arrow}" for c in columns) + " |")
     lines.append("| --- | ---: | " + " | ".join("---:" for _ in columns) + " |")
     for entry in report["summary"]:
         cells = []
