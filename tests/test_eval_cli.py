@@ -98,6 +98,9 @@ def test_classifiers_of_another_dataset_are_refused(tiny_run, tmp_path):
 def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     result = invoke("evaluate", tiny_run, "--metrics", "joint_coherense", "--no-progress")
     assert result.exit_code == 2 and "did you mean 'joint_coherence'" in result.output
+    for empty in ("", " , "):  # ran every metric, for as long as that takes
+        result = invoke("evaluate", tiny_run, "--metrics", empty, "--no-progress")
+        assert result.exit_code == 2 and "--metrics: no metric named in" in result.output, result.output
     result = invoke("evaluate", tiny_run, "--metrics", "nll", "nll.kk=3", "--no-progress")
     assert result.exit_code == 2 and "nll.kk: unknown option" in result.output
     result = invoke("evaluate", tmp_path / "nothing", "--no-progress")

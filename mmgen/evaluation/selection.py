@@ -20,10 +20,13 @@ DEFAULT_METRICS = ("cross_coherence", "joint_coherence", "fd", "fid", "probe", "
 def parse_metric_names(text: str | None, registry: Registry) -> list[str]:
     """``"a,b"`` -> names, each checked against the registry (default: every registered metric)."""
     available = registry.names("metric")
-    if not text:
+    if text is None:
         ordered = [m for m in DEFAULT_METRICS if m in available]
         return ordered + [m for m in available if m not in ordered]
     names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:  # `--metrics ''` (an empty shell variable, say) ran every metric
+        raise MMGenError(f"--metrics: no metric named in '{text}'; leave the option out for all, or name some of: "
+                         f"{', '.join(available) or '(none)'}")
     for name in names:
         if name not in available:
             raise MMGenError(f"--metrics: unknown metric '{name}'{did_you_mean(name, available)}; "
