@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import shutil
@@ -42,7 +43,7 @@ def final_mtimes(out: Path) -> dict[str, int]:
 
 def test_smoke_benchmark_writes_every_output(smoke):
     out, output = smoke
-    for name in ("results.md", "results.csv", "results-seeds.csv", "results.json"):
+    for name in ("results.md", "results.tex", "results.csv", "results-seeds.csv", "results.json"):
         assert (out / name).is_file(), name
     plots = {"curves-loss.png", "bar-cross_coherence_mean_1to1.png", "bar-joint_coherence_coherence.png",
              "cross-generation.png"}
@@ -53,6 +54,7 @@ def test_smoke_benchmark_writes_every_output(smoke):
 
     report = json.loads((out / "results.json").read_text())
     assert [e["run"] for e in report["summary"]] == ["mmvae", "ebm-mmvae"]
+    assert report["provenance"]["command"] == f"mmgen bench {SMOKE} --jobs 2 --out {out}"
     assert all(e["finished"] == 2 and e["failed"] == 0 for e in report["summary"])
     fingerprints = set()
     for run in RUNS:
@@ -335,6 +337,36 @@ def test_aggregation_against_hand_computed_means_and_stds(tmp_path):
                        {"run": "x", "seed": 1, "status": "finished", "values": {"k": 2.0}},
                        {"run": "y", "seed": 0, "status": "finished", "values": {"k": 2.0}}], [Column("k", "k")])
     assert math.isclose(table["x"]["k"].std, math.sqrt(0.5)) and best_runs(table, [Column("k", "k")]) == {"k": ["y"]}
+
+
+def test_results_tex_is_the_table_as_latex_with_its_provenance(tmp_path):
+    """results.tex: the results.md table as a booktabs LaTeX table, special characters escaped, the
+    best mean in bold; results.md and results.tex end with what made them."""
+    from mmgen import __version__
+    from mmgen.bench.report import latex, provenance
+
+    columns = [Column("cross_coherence/mean_1to1", "cross 1→1", "higher"), Column("fd/unconditional_mean", "FD_joint", "lower")]
+    runs = [fake_run(tmp_path, "ebm_a", 0, {"cross_coherence": {"mean_1to1": 0.5}, "fd": {"unconditional_mean": 110.0}}),
+            fake_run(tmp_path, "ebm_a", 1, {"cross_coherence": {"mean_1to1": 0.7}, "fd": {"unconditional_mean": 130.0}}),
+            fake_run(tmp_path, "b&c", 0, {"cross_coherence": {"mean_1to1": 0.9}})]
+    bench = {"name": "t_1", "data": {"name": "default"}, "budget": {"epochs": 1}, "seeds": [0, 1],
+             "evaluate": {"metrics": ["cross_coherence", "fd"], "n": 10, "n_test": 5, "seed": 0}}
+    report = build_report(bench, runs, columns)
+    (tmp_path / "b.yaml").write_text("runs: []\n")
+    report["provenance"] = provenance(tmp_path / "b.yaml", "mmgen bench b.yaml")
+    tex = latex(report)
+    lines = tex.splitlines()
+    assert r"\begin{tabular}{lrrr}" in lines and r"\toprule" in lines and r"\bottomrule" in lines
+    assert r"Model & Seeds & cross 1$\to$1 $\uparrow$ & FD\_joint $\downarrow$ \\" in lines
+    # 0.5, 0.7: mean 0.6, std 0.141; 110, 130: mean 120.0, std 14.1 (the mean's decimals); no FD for b&c
+    assert r"ebm\_a & 2/2 & $0.600 \pm 0.141$ & $\mathbf{120.0} \pm \mathbf{14.1}$ \\" in lines
+    assert r"b\&c & 1/1 & $\mathbf{0.900}$ & -- \\" in lines
+    assert r"\label{tab:mmgen-t-1}" in lines and r"n\_test=5" in tex
+    made = report["provenance"]
+    assert made["mmgen"] == __version__ and made["command"] == "mmgen bench b.yaml"
+    assert made["bench_file_sha256"] == hashlib.sha256(b"runs: []\n").hexdigest()
+    assert markdown(report).rstrip().splitlines()[-1].startswith(f"Made by mmgen {__version__}")
+    assert lines[1].startswith(f"% Made by mmgen {__version__}") and lines[1].endswith("mmgen bench b.yaml")
 
 
 def test_a_cells_std_has_the_decimals_of_its_mean():

@@ -329,12 +329,14 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
 # ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
-def write_report(plan: Plan) -> tuple[dict[str, Any], list[Path]]:
-    """Collect every planned run's results and write results.md/csv/json and the plots."""
+def write_report(plan: Plan, command: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Collect every planned run's results and write results.md/tex/csv/json and the plots
+    (``command``: the one that wrote them, for the record)."""
     from mmgen.bench import report as br
     from mmgen.bench.plots import write_plots
 
     result = br.build_report(plan.spec.summary(plan.metrics), [p.record() for p in plan.runs], plan.columns)
+    result["provenance"] = br.provenance(plan.spec.path, command)
     names: list[str] = []
     for r in result["runs"]:
         if r["status"] == "finished":

@@ -1,4 +1,4 @@
-"""Benchmark results: aggregation over seeds, results.md/csv/json, a terminal table and PNG plots.
+"""Benchmark results: aggregation over seeds, results.md/tex/csv/json, a terminal table and PNG plots.
 
 Everything here reads what the runs left on disk (``eval.json``, ``metrics.jsonl``,
 ``bench-cross.png`` and ``bench.json`` in each run directory), so a report can be rebuilt at any
@@ -8,9 +8,12 @@ time without training or evaluating anything. The PNG plots are :mod:`mmgen.benc
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
+import platform
+import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -424,6 +427,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "Plots: " + ", ".join(f"[{Path(p).name}]({p})" for p in plots)]
     if report.get("notes"):
         lines += ["", "Notes:", "", *(f"- {note}" for note in report["notes"])]
+    if made := _provenance_line(report):
+        lines += ["", made]
     return "\n".join(lines) + "\n"
 
 
@@ -480,13 +485,98 @@ def rich_table(report: dict[str, Any]):
     return table
 
 
+def provenance(bench_file: str | Path | None = None, command: str | None = None) -> dict[str, Any]:
+    """What made a report, for a reader to trust or redo a table: mmgen's version and git commit
+    (when it runs from a checkout; ``+dirty`` with uncommitted changes), torch's and Python's
+    versions, the bench file's SHA-256 and the ``command`` that wrote it."""
+    import torch
+
+    from mmgen import __version__
+
+    source = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding mmgen/
+    commit = None
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode == 0 and (source / "mmgen" / "bench" / "report.py").is_file():
+            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    digest = None
+    if bench_file is not None and Path(bench_file).is_file():
+        digest = hashlib.sha256(Path(bench_file).read_bytes()).hexdigest()
+    return {"mmgen": __version__, "git": commit, "torch": torch.__version__, "python": platform.python_version(),
+            "bench_file": str(bench_file) if bench_file is not None else None, "bench_file_sha256": digest,
+            "command": command}
+
+
+def _provenance_line(report: dict[str, Any]) -> str | None:
+    made = report.get("provenance")
+    if not made:
+        return None
+    git = f" (git {made['git']})" if made.get("git") else ""
+    file = f" from `{made['bench_file']}` (sha256 {made['bench_file_sha256'][:12]})" if made.get("bench_file_sha256") else ""
+    command = f": `{made['command']}`" if made.get("command") else ""
+    return f"Made by mmgen {made['mmgen']}{git}, torch {made['torch']}, Python {made['python']}{file} on {report['created']}{command}"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as LaTeX text (its special characters escaped; the arrows and → as math)."""
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return out.replace("→", r"$\to$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+
+
+def _latex_cell(cell: Cell, bold: bool) -> str:
+    if cell.mean is None:
+        return "--"
+    d = _decimals(cell.mean)
+    wrap = (lambda t: rf"\mathbf{{{t}}}") if bold else (lambda t: t)
+    if cell.std is None:
+        return f"${wrap(f'{cell.mean:.{d}f}')}$"
+    return f"${wrap(f'{cell.mean:.{d}f}')} \\pm {wrap(f'{cell.std:.{d}f}')}$"
+
+
+def latex(report: dict[str, Any]) -> str:
+    """results.tex: the table of results.md as a LaTeX table (booktabs), to ``\\input`` in a paper."""
+    columns = report_columns(report)
+    name = latex_escape(report["name"])
+    lines = [f"% mmgen bench {report['name']}: mean $\\pm$ sample std over the finished seeds; needs \\usepackage{{booktabs}}"]
+    if made := _provenance_line(report):
+        lines.append("% " + made.replace("`", ""))
+    lines += [r"\begin{table}[t]", r"\centering", r"\small",
+              rf"\begin{{tabular}}{{lr{'r' * len(columns)}}}", r"\toprule",
+              " & ".join(["Model", "Seeds", *(f"{latex_escape(c.label)} {latex_escape(c.arrow)}" for c in columns)])
+              + r" \\", r"\midrule"]
+    for entry in report["summary"]:
+        cells = [_latex_cell(summary_cell(entry, c.key), c.key in entry["best"]) for c in columns]
+        lines.append(" & ".join([latex_escape(entry["run"]), f"{entry['finished']}/{len(entry['seeds'])}", *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{Benchmark \texttt{{{name}}}: mean $\pm$ sample standard deviation over the finished "
+              r"seeds; bold: the best mean per column ($\uparrow$ higher, $\downarrow$ lower is better). "
+              + latex_escape(_settings_line(report["bench"]).replace("`", "")) + "}",
+              rf"\label{{tab:mmgen-{re_label(report['name'])}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def re_label(text: str) -> str:
+    """``text`` usable in a LaTeX \\label (letters, digits, - and : only)."""
+    return "".join(ch if ch.isalnum() or ch in "-:" else "-" for ch in text)
+
+
 def write_results(report: dict[str, Any], out: Path) -> list[Path]:
-    """results.md, results.csv, results-seeds.csv and results.json in ``out``."""
+    """results.md, results.tex, results.csv, results-seeds.csv and results.json in ``out``."""
     from mmgen.checkpoint import atomic_write_text
     from mmgen.evaluation import jsonable
 
     files = {
         "results.md": markdown(report),
+        "results.tex": latex(report),
         "results.csv": csv_text(report),
         "results-seeds.csv": seeds_csv_text(report),
         "results.json": json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n",

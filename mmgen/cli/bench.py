@@ -28,7 +28,7 @@ def bench(
 
     Each (run, seed) is a normal run directory under OUT/runs/. Finished runs are skipped when the
     command runs again; a run whose config changed is redone; a failed run is reported and the
-    others go on. Writes results.md, results.csv, results.json and plots/ to OUT.
+    others go on. Writes results.md, results.tex (LaTeX), results.csv, results.json and plots/ to OUT.
     """
     from mmgen.bench import commands, execute, load_spec, make_launcher, make_plan, write_report
     from mmgen.bench.report import rich_table
@@ -36,6 +36,10 @@ def bench(
 
     if launcher not in ("local", "slurm", "submitit-local"):
         raise MMGenError(f"--launcher: invalid value '{launcher}'; valid: local, slurm, submitit-local")
+    # The invocation, for the report's record (from the options: sys.argv is another program's under a test runner).
+    command = shlex.join(["mmgen", "bench", str(file), *[a for o in only or [] for a in ("--only", o)],
+                          *(["--jobs", str(jobs)] if jobs != 1 else []), *(["--launcher", launcher] if launcher != "local" else []),
+                          *(["--out", str(out)] if out is not None else [])])
     spec = load_spec(file)
     bench_dir = out or Path("bench") / spec.name
     plan = make_plan(spec, bench_dir, only or [])
@@ -59,19 +63,19 @@ def bench(
         # The report still says what finished and what was stopped (a second Ctrl-C skips it).
         if plan.bench_dir.is_dir():
             try:
-                write_report(plan)
+                write_report(plan, command)
             except Exception as exc:  # noqa: BLE001 - the interruption is what to report
                 err_console.print(f"[yellow]note:[/] no report written: {escape(str(exc))}", soft_wrap=True)
             else:
                 err_console.print(f"wrote {bench_dir}/results.md (the stopped runs are listed as interrupted; "
                                   "the same command continues them)", soft_wrap=True)
         raise
-    result, files = write_report(plan)
+    result, files = write_report(plan, command)
     out_console.print(rich_table(result))
     for note in result.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     failed = [k for k, v in outcome.items() if v != "finished"]
-    err_console.print(f"wrote {bench_dir}/results.md, results.csv, results.json and {len(result.get('plots', []))} "
+    err_console.print(f"wrote {bench_dir}/results.md, results.tex, results.csv, results.json and {len(result.get('plots', []))} "
                       f"plots in {bench_dir}/plots ({time.perf_counter() - t0:.0f} s)")
     if failed:
         err_console.print(f"[red]{len(failed)} run(s) failed:[/] {', '.join(failed)} (reasons in results.md)")
