@@ -706,6 +706,23 @@ def test_cross_given_is_checked_against_the_loaded_data_before_training(tmp_path
            "with 2 modalities (valid: 0..1)" in capsys.readouterr().out
 
 
+def test_no_classifiers_are_trained_when_no_metric_needs_them(tmp_path, monkeypatch, capsys, plugins):
+    """The prepare step trained the digit classifiers for a bench evaluating only nll (minutes on a CPU)."""
+    from mmgen.bench import worker
+    from mmgen.config import compose, resolve
+
+    cfg = resolve(compose(overrides=["data.modalities=2", "data.train_size=64", "data.test_size=32"]), plugins.registry)
+    monkeypatch.setattr(worker, "_enter", lambda *args: None)  # the real one redirects this process's output
+    target = tmp_path / "classifiers.pt"
+    assert worker.prepare_classifiers(str(target), cfg, None, str(tmp_path / "log"), metrics=["nll", "probe"]) == 0
+    assert "no classifiers needed by nll, probe" in capsys.readouterr().out and not target.exists()
+    trained = []
+    monkeypatch.setattr("mmgen.classifiers.ensure_classifiers", lambda *args, **kwargs: trained.append(args) or
+                        type("C", (), {"meta": {}})())
+    assert worker.prepare_classifiers(str(target), cfg, None, str(tmp_path / "log"), metrics=["nll", "fd"]) == 0
+    assert len(trained) == 1  # fd judges with them
+
+
 def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
     """Validation accepts any prior/... or objective/... statistic (what a component logs is only
     known once it ran); a curve that no finished run logged gets a note, not a silent gap."""
@@ -731,7 +748,7 @@ def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
 
     full = json.loads((smoke[0] / "results.json").read_text())
     assert "notes" not in full  # the smoke benchmark's curves were all logged
-    assert markdown({**full, "notes": ["n1"]}).endswith("\nNotes:\n\n- n1\n")
+    assert "\nNotes:\n\n- n1\n\nMade by mmgen" in markdown({**full, "notes": ["n1"]})  # then the provenance line
 
 
 def test_a_column_null_in_every_finished_run_gets_a_note(tmp_path):

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
@@ -280,13 +281,16 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
         log, marker = plan.bench_dir / "prepare.log", plan.bench_dir / "prepare.json"
         settings, given = plan.spec.evaluate["classifiers"], plan.spec.report["cross_given"]
         columns = [c.key for c in plan.columns]
+        # What the classifiers judge: the bench's evaluation and the runs' evaluations during training.
+        metrics = sorted({*plan.metrics, *(m for p in todo if p.config["train"]["eval_every"]
+                                           for m in p.config["train"]["eval_metrics"])})
         key = _digest({"data": todo[0].config["data"], "plugins": todo[0].config.get("plugins"), "classifiers": settings,
-                       "cross_given": given, "columns": columns})
+                       "cross_given": given, "columns": columns, "metrics": metrics})
         path = str(plan.classifiers_path.resolve()) if plan.classifiers_path else None
         done_before = (read_json_file(marker) or {}).get("key") == key and (path is None or Path(path).is_file())
         if not done_before:
-            prep = Task("prepare", prepare_classifiers, (path, todo[0].config, settings, str(log.resolve()), given, columns),
-                        log)
+            prep = Task("prepare", partial(prepare_classifiers, metrics=metrics),
+                        (path, todo[0].config, settings, str(log.resolve()), given, columns), log)
             codes = launcher.run([prep], started, lambda *_: None)
             if codes.get("prepare") != 0:
                 raise MMGenError(f"preparing the data and classifiers failed: {_last_error(log)} (see {log})")

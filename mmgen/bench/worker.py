@@ -172,11 +172,13 @@ def execute_run(run_dir: str, cwd: str | None = None, env: dict[str, str] | None
 
 def prepare_classifiers(path: str | None, cfg: dict[str, Any], settings: dict[str, Any] | None, log: str,
                         cross_given: Sequence[int] = (), columns: Sequence[str] = (), cwd: str | None = None,
-                        env: dict[str, str] | None = None, threads: int = 0) -> int:
+                        env: dict[str, str] | None = None, threads: int = 0,
+                        metrics: Sequence[str] | None = None) -> int:
     """Build the dataset and the digit classifiers once, before the runs (so parallel evaluations
     do not each train them). ``path`` None: the shared cache with the default settings. The
     loaded data also checks ``report.cross_given`` and the indices of the table's ``columns``
-    (their keys, in the bench file's order) where the config alone could not tell."""
+    (their keys, in the bench file's order) where the config alone could not tell. When none of
+    ``metrics`` (None: assume some) needs the classifiers (e.g. only ``nll``), none are trained."""
     _enter(cwd, env, threads, Path(log))
     try:
         from mmgen.classifiers import ClassifierConfig, default_path, ensure_classifiers, load_classifiers
@@ -189,6 +191,10 @@ def prepare_classifiers(path: str | None, cfg: dict[str, Any], settings: dict[st
         if errors := [*check_cross_given(cross_given, cfg["data"], count),
                       *check_column_indices(columns, plugins.registry, cfg["data"], count)]:
             raise MMGenError(errors[0])
+        if metrics is not None and not any(getattr(plugins.registry.get("metric", m).factory, "requires_classifiers", True)
+                                           for m in metrics):
+            print(f"data ready; no classifiers needed by {', '.join(metrics) or 'the metrics'}", flush=True)
+            return 0
         target = Path(path) if path else default_path(train_set)
         if target.is_file():
             try:
