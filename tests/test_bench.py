@@ -723,6 +723,29 @@ def test_no_classifiers_are_trained_when_no_metric_needs_them(tmp_path, monkeypa
     assert len(trained) == 1  # fd judges with them
 
 
+def test_a_bench_file_does_not_train_over_another_files_runs(tmp_path, monkeypatch):
+    """A copy of a bench file, edited into a new comparison, keeps its name: and so its folder,
+    where its same-named runs looked changed and were trained over the original's."""
+    from mmgen.bench.plan import OWNER_FILE, check_owner, claim_owner
+
+    monkeypatch.chdir(tmp_path)
+    text = "name: t\nbudget: {max_steps: 1}\nruns: [{name: a, recipe: mmvae}]\n"
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    original, copy_ = tmp_path / "one" / "t.yaml", tmp_path / "two" / "t.yaml"
+    original.write_text(text)
+    copy_.write_text(text.replace("mmvae}", "mmvae, overrides: [model.latent_dim=3]}"))
+    bench_dir = Path("bench") / "t"
+    claim_owner(load_spec(original), bench_dir)
+    assert json.loads((bench_dir / OWNER_FILE).read_text()) == {"file": str(original.resolve())}
+    check_owner(load_spec(original), bench_dir, explicit_out=False)  # its own folder
+    check_owner(load_spec(copy_), bench_dir, explicit_out=True)  # adopted deliberately with --out
+    with pytest.raises(MMGenError, match="holds the runs of another bench file"):
+        check_owner(load_spec(copy_), bench_dir, explicit_out=False)
+    result = invoke("bench", copy_, "--dry-run")
+    assert result.exit_code == 2 and "give this one its own name:" in result.output
+    assert invoke("bench", copy_, "--dry-run", "--out", bench_dir).exit_code == 0
+
+
 def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
     """Validation accepts any prior/... or objective/... statistic (what a component logs is only
     known once it ran); a curve that no finished run logged gets a note, not a silent gap."""

@@ -202,6 +202,28 @@ def _selected(run: str, seed: int, only: Sequence[str]) -> bool:
     return not only or any(fnmatch(run, p) or fnmatch(f"{run}-s{seed}", p) for p in only)
 
 
+OWNER_FILE = "bench-file.json"  # in the benchmark folder: which bench file its runs belong to
+
+
+def check_owner(spec: BenchSpec, bench_dir: Path, explicit_out: bool) -> None:
+    """Refuse to run a bench file in a folder whose runs another bench file made (two files with
+    the same ``name:``, e.g. a copy edited into a new comparison): its same-named runs would look
+    changed and be trained over. ``--out`` (``explicit_out``) adopts the folder deliberately."""
+    record = read_json_file(bench_dir / OWNER_FILE)
+    here = str(Path(spec.path).resolve())
+    if explicit_out or not isinstance(record, dict) or record.get("file") in (None, here):
+        return
+    raise MMGenError(f"{bench_dir} holds the runs of another bench file ({record['file']}) with the same name "
+                     f"'{spec.name}'; give this one its own name: (or --out FOLDER), or pass --out {bench_dir} "
+                     "to run it there anyway")
+
+
+def claim_owner(spec: BenchSpec, bench_dir: Path) -> None:
+    """Record that ``bench_dir``'s runs are ``spec``'s file's (see :func:`check_owner`)."""
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps({"file": str(Path(spec.path).resolve())}) + "\n", bench_dir / OWNER_FILE)
+
+
 def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) -> Plan:
     """Resolve every (run, seed) config, check the metrics, and decide what each run needs.
 

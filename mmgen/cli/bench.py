@@ -31,6 +31,7 @@ def bench(
     others go on. Writes results.md, results.tex (LaTeX), results.csv, results.json and plots/ to OUT.
     """
     from mmgen.bench import commands, execute, load_spec, make_launcher, make_plan, write_report
+    from mmgen.bench.plan import check_owner, claim_owner
     from mmgen.bench.report import rich_table
     from mmgen.errors import MMGenError
 
@@ -42,6 +43,7 @@ def bench(
                           *(["--out", str(out)] if out is not None else [])])
     spec = load_spec(file)
     bench_dir = out or Path("bench") / spec.name
+    check_owner(spec, bench_dir, explicit_out=out is not None)
     plan = make_plan(spec, bench_dir, only or [])
     print_plan(plan, out_console if dry_run else err_console)
     if dry_run:
@@ -55,6 +57,7 @@ def bench(
                               "where the data are first read, unless the dataset creates it", soft_wrap=True)
         return
     t0 = time.perf_counter()
+    claim_owner(spec, bench_dir)
     runner = make_launcher(launcher, plan, jobs) if plan.todo else None
     try:
         with _sigterm_as_interrupt():
