@@ -240,7 +240,10 @@ def test_fid_runs_with_a_weights_file(tmp_path):
     # One modality keeps this to one 2048-d Fréchet distance (two eigendecompositions, seconds).
     data = dataset(BALANCED[:2], 1)
     metrics = build_metrics(_registry(), ["fid"], {"fid": {"weights": str(path), "max_samples": 2}})
-    out = evaluate(HandMadeModel(1, "perfect"), data, data, metrics, n=2, progress=False).metrics["fid"]
+    from mmgen.errors import MMGenWarning
+
+    with pytest.warns(MMGenWarning, match="fid: 2 samples for 2048 features"):  # said, as for FD
+        out = evaluate(HandMadeModel(1, "perfect"), data, data, metrics, n=2, progress=False).metrics["fid"]
     assert out["network"].startswith("pytorch-fid")
     assert len(out["unconditional"]) == 1 and np.isfinite(out["unconditional"][0])
     assert "conditional" not in out  # nothing to condition on with one modality
@@ -358,3 +361,24 @@ def test_declared_output_shapes_match_what_the_metrics_report(M):
         assert set(shapes) == lists, name  # every list output is declared, and nothing else
         for key, shape in shapes.items():
             assert _shape(out[name][key])[:len(shape)] == shape, (name, key)
+
+
+def test_a_frechet_distance_over_fewer_samples_than_features_warns():
+    """Below as many samples as features the covariances are singular and FD is biased upward:
+    numbers then compare only at the same sample counts, which a table pasted into a paper hides."""
+    import warnings
+
+    from mmgen.errors import MMGenWarning
+    from mmgen.evaluation import warn_if_few_samples
+
+    def moments(n: int) -> Moments:
+        m = Moments()
+        m.update(torch.randn(n, 8))
+        return m
+
+    with pytest.warns(MMGenWarning, match=r"fd: 5 samples for 8 features: the covariances are singular"):
+        warn_if_few_samples("fd", [moments(50), moments(5)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_few_samples("fd", [moments(50), moments(9)])
+        warn_if_few_samples("fd", [Moments()])  # nothing accumulated: nothing to say

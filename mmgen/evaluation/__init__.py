@@ -18,7 +18,7 @@ from __future__ import annotations
 from mmgen.evaluation.context import CrossPass, EvalContext, JointPass, memoized_encoders
 from mmgen.evaluation.driver import EvalResult, evaluate, evaluate_during_training, evaluate_run, jsonable, write_report
 from mmgen.evaluation.metric import (Metric, MetricSkipped, Moments, accuracy, coherence_pairs, conditioning_subsets,
-                                     frechet_distance, moments_distance, nanmean)
+                                     frechet_distance, moments_distance, nanmean, warn_if_few_samples)
 from mmgen.evaluation.selection import (DEFAULT_METRICS, build_metrics, check_metric_names, metric_config,
                                         metric_options_used, metric_output_shapes, metric_outputs,
                                         parse_metric_names)
@@ -27,4 +27,4 @@ __all__ = ["DEFAULT_METRICS", "CrossPass", "EvalContext", "EvalResult", "JointPa
            "accuracy", "build_metrics", "check_metric_names", "coherence_pairs", "conditioning_subsets", "evaluate",
            "evaluate_during_training", "evaluate_run", "frechet_distance", "jsonable", "memoized_encoders",
            "metric_config", "metric_options_used", "metric_output_shapes", "metric_outputs", "moments_distance", "nanmean",
-           "parse_metric_names", "write_report"]
+           "parse_metric_names", "warn_if_few_samples", "write_report"]

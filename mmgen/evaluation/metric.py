@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from mmgen.classifiers import balanced_accuracy
+from mmgen.errors import MMGenWarning
 from mmgen.latent import nonempty_subsets
 
 if TYPE_CHECKING:
@@ -121,6 +123,20 @@ def moments_distance(a: Moments, b: Moments) -> float:
     if a.n < 2 or b.n < 2:
         return float("nan")
     return frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+
+
+def warn_if_few_samples(metric: str, moments: Sequence[Moments]) -> None:
+    """A one-line :class:`MMGenWarning` when a Fréchet distance compares fewer samples than
+    features: the covariances are then singular and the distance biased upward, by an amount
+    that depends on the sample counts, so only distances at the same counts compare."""
+    used = [m for m in moments if m.n >= 2 and m.sum is not None]
+    if not used:
+        return
+    fewest, features = min(m.n for m in used), used[0].sum.numel()
+    if fewest <= features:
+        warnings.warn(f"{metric}: {fewest} samples for {features} features: the covariances are singular and "
+                      f"{metric.upper()} is biased upward; compare only at the same --n and --n-test "
+                      f"(more than {features} of each for a stable value)", MMGenWarning, stacklevel=2)
 
 
 def conditioning_subsets(num_modalities: int) -> list[tuple[int, ...]]:

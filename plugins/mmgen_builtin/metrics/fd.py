@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mmgen.evaluation import EvalContext, Metric, coherence_pairs, moments_distance, nanmean
+from mmgen.evaluation import EvalContext, Metric, coherence_pairs, moments_distance, nanmean, warn_if_few_samples
 
 
 @dataclass
@@ -59,4 +59,5 @@ class FrechetDistance(Metric):
             out.update({"conditional": conditional, "conditional_mean": nanmean(conditional),
                         "conditional_by_size": [nanmean(per_size[k]) for k in range(1, M)]})
         out.update({"n_generated": ctx.n, "n_real": real[0].n})
+        warn_if_few_samples("fd", [*joint.moments, *real, *(cross.moments.values() if "conditional" in out else [])])
         return out

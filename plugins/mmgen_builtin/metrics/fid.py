@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from mmgen.checkpoint import safe_load
 from mmgen.config import check_positive
 from mmgen.errors import MMGenError
-from mmgen.evaluation import EvalContext, Metric, MetricSkipped, Moments, moments_distance, nanmean
+from mmgen.evaluation import EvalContext, Metric, MetricSkipped, Moments, moments_distance, nanmean, warn_if_few_samples
 
 WEIGHTS_ENV = "MMGEN_INCEPTION_WEIGHTS"
 
@@ -288,4 +288,5 @@ class InceptionFID(Metric):
             per_target = [moments_distance(cond[m], real[m]) if m in images else None for m in range(M)]
             out.update({"conditional": per_target, "conditional_mean": nanmean(per_target)})
         out.update({"n_generated": n_gen, "n_real": n_real, "network": variant})
+        warn_if_few_samples("fid", [*joint.values(), *real.values(), *(cond.values() if conditional else [])])
         return out
