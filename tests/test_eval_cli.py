@@ -133,10 +133,14 @@ def test_evaluate_user_errors_exit_2(tiny_run, tmp_path):
     result = invoke("sample", tiny_run, "--n", "2", "--out", tmp_path / "s", "--chain")
     assert "has not finished" not in result.output
     assert "--chain drew nothing" in " ".join(result.output.split())  # the tiny run: Laplace prior, amortized
-    for given, said in [("", "no modality"), (" , ", "no modality"), ("m0,m9", "unknown m9"), ("m1,m0", "every modality")]:
+    for given, said in [("", "no modality"), (" , ", "no modality"), ("m0,m9", "unknown m9"), ("m1,m0", "every modality"),
+                        ("1,m0", "every modality"), ("2", "unknown 2")]:  # indices too, as bench files give them
         result = invoke("sample", tiny_run, "--given", given)  # "" drew the default figures
         assert result.exit_code == 2
         assert result.output.strip() == f"error: --given '{given}': {said}; choose a proper subset of m0, m1"
+    result = invoke("sample", tiny_run, "--n", "2", "--given", "1", "--out", tmp_path / "by-index")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "by-index").iterdir() if p.name.startswith("cross")) == ["cross.png"]
     result = invoke("sample", tiny_run, "--device", "tpu")
     assert result.exit_code == 2 and "--device: invalid value 'tpu'; valid: auto, cpu, cuda" in result.output
 

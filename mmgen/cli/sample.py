@@ -19,7 +19,7 @@ MAX_COLUMNS = 256
 def sample(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mmgen train` (or a checkpoint file).")],
     n: Annotated[int, typer.Option("--n", "-n", help="Samples (columns) per grid, 1 to 256.")] = 8,
-    given: Annotated[Optional[str], typer.Option(help="Condition cross generation on these modalities, e.g. m0,m2 (default: each one in turn).")] = None,
+    given: Annotated[Optional[str], typer.Option(help="Condition cross generation on these modalities, by name or index, e.g. m0,m2 or 0,2 (default: each one in turn).")] = None,
     chain: Annotated[bool, typer.Option("--chain", help="Also decode the states along a prior Langevin chain (EBM prior) and a posterior one (Langevin inference).")] = False,
     every: Annotated[int, typer.Option(help="Decode every k-th state of a chain.")] = 5,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN_DIR/figures).")] = None,
@@ -46,7 +46,10 @@ def sample(
     names = [m.name for m in loaded.model.modalities]
     given_idx = None
     if given is not None:
-        wanted = list(dict.fromkeys(g.strip() for g in given.split(",") if g.strip()))  # repeats once
+        # A name, or an index as bench files' report.cross_given takes them (0 for m0).
+        wanted = [g.strip() for g in given.split(",") if g.strip()]
+        wanted = list(dict.fromkeys(names[int(g)] if g not in names and g.isdigit() and int(g) < len(names) else g
+                                    for g in wanted))  # repeats once
         unknown = [g for g in wanted if g not in names]
         if unknown or not wanted or len(wanted) >= len(names):
             what = f"unknown {', '.join(unknown)}" if unknown else "no modality" if not wanted else "every modality"
