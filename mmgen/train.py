@@ -494,6 +494,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                 set_lr_scale(state.lr_scale)
                 changes = core.stabilize(factor) + [f"learning rates x{state.lr_scale:.4g}"]
                 say(f"[yellow]rollback {rollbacks}/{tcfg['max_rollbacks']} to step {state.step}: {'; '.join(changes)}")
+                if metrics:  # the steps after the checkpoint are done again: their lines go, as on resume
+                    metrics.close()
+                    _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+                    _truncate_metrics(run_dir / "eval.jsonl", state.step)
+                    metrics = (run_dir / "metrics.jsonl").open("a")
                 continue
             if state.batch >= len(batches):
                 if whole_epoch and state.step == steps_before:  # on_nonfinite=skip would go on forever

@@ -290,8 +290,11 @@ def test_nan_policy_rollback_restores_and_lowers_step_sizes(tmp_path, tiny_overr
     out = tmp_path / "r"
     result = cli("train", "--out", str(out), "--max-steps", "8", *tiny_overrides, *NAN_CFG,
                  "model.prior.nan_at=[6]", "train.on_nonfinite=rollback", "train.checkpoint_every=4",
-                 "model.prior.step_size=0.4")
+                 "model.prior.step_size=0.4", "train.log_every=1")
     assert result.exit_code == 0, result.output
+    # Steps 5 and 6 ran twice; metrics.jsonl has each step once (it kept the first tries' lines too).
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)), steps
     text = " ".join(result.output.split())
     assert "rolling back to the last checkpoint" in text
     assert "rollback 1/3 to step 4" in text and "prior Langevin step size 0.4 -> 0.2" in text
