@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from mmgen.bench.report import Cell, fmt, read_jsonl, report_columns, summary_cell
 from mmgen.errors import did_you_mean
+from mmgen.figures import font as _font, text_size as _text_size
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -22,21 +23,9 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 # ----------------------------------------------------------------------------------------------
 # Plots (Pillow only)
 # ----------------------------------------------------------------------------------------------
-def _font(size: int = 14) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def _plain(text: str) -> str:
     """Pillow's built-in font has no arrows: spell them in ASCII."""
     return text.replace("→", "->").replace("↑", "(higher is better)").replace("↓", "(lower is better)")
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
