@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from mmgen.cli.main import create_app
 from mmgen.errors import ConfigError, MMGenError
+from mmgen.figures import GAP
 from mmgen.model import MultimodalModel, build_model
 from tests.conftest import REPO, TINY
 from tests.helpers import tiny_config
@@ -27,7 +28,7 @@ DATA = [f"data.modalities={M}", "data.train_size=64", "data.test_size=16"]
 LANGEVIN = ["model.prior.name=ebm", "model.prior.hidden=16", "model.prior.steps=10",
             "model.inference.name=langevin", "model.inference.steps=3"]
 PRIOR_STEPS, POSTERIOR_STEPS = 10, 3
-PAD, SCALE = 2, 2  # mmgen.figures.save_grid's defaults
+PAD, SCALE = 2, 2  # mmgen.figures.grid's and save_labelled_grid's defaults
 EVAL = ["--metrics", "cross_coherence,joint_coherence,fd", "--n", "30", "--json", "--no-figures", "--no-progress"]
 
 
@@ -81,17 +82,27 @@ def grid_size(rows: int, cols: int, side: int = 28) -> tuple[int, int]:
     return (cols * (side + PAD) + PAD) * SCALE, (rows * (side + PAD) + PAD) * SCALE
 
 
-def tile(path: Path, row: int, col: int, side: int = 28) -> np.ndarray:
-    """The image at (row, col) of a save_grid PNG, at its original size ``(side, side, 3)``."""
+def blocks(path: Path, rows: list[int], cols: int, side: int = 28) -> list[np.ndarray]:
+    """The image blocks of a labelled figure (save_labelled_grid) of ``rows[i]`` rows each and
+    ``cols`` columns, each at its original size as :func:`mmgen.figures.grid` drew it; the figure
+    must be exactly these blocks, :data:`GAP` apart, plus the label margins left of and above them."""
     with Image.open(path) as img:
-        pixels = np.asarray(img.convert("RGB"))[::SCALE, ::SCALE]
+        pixels = np.asarray(img.convert("RGB"))
+    width, heights = grid_size(1, cols, side)[0], [grid_size(r, cols, side)[1] for r in rows]
+    left = pixels.shape[1] - width
+    top = pixels.shape[0] - sum(heights) - GAP * SCALE * (len(rows) - 1)
+    assert 0 < left < 200 and 0 <= top < 60, (left, top)
+    out, y = [], top
+    for h in heights:
+        out.append(pixels[y:y + h, left:][::SCALE, ::SCALE])
+        y += h + GAP * SCALE
+    return out
+
+
+def tile(block: np.ndarray, row: int, col: int, side: int = 28) -> np.ndarray:
+    """The image at (row, col) of a block of :func:`blocks`, ``(side, side, 3)``."""
     y, x = PAD + row * (side + PAD), PAD + col * (side + PAD)
-    return pixels[y:y + side, x:x + side]
-
-
-def size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as img:
-        return img.size
+    return block[y:y + side, x:x + side]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,15 +121,16 @@ def test_sample_given_writes_the_chosen_inputs_then_every_modality(run, test_ima
                                                "chain-posterior.png"}
     assert not (run / "figures").exists()  # --out, not RUN_DIR/figures
     # cross.png: the inputs m0 and m2 of the first 8 test tuples, then m0, m1, m2 generated from them.
-    assert size(out / "cross.png") == grid_size(2 + M, 8)
+    (cross,) = blocks(out / "cross.png", [2 + M], 8)
     for col in (0, 7):
-        assert np.array_equal(tile(out / "cross.png", 0, col), test_images[0][col])
-        assert np.array_equal(tile(out / "cross.png", 1, col), test_images[2][col])
+        assert np.array_equal(tile(cross, 0, col), test_images[0][col])
+        assert np.array_equal(tile(cross, 1, col), test_images[2][col])
     # refinement.png: the inputs, the target m1 before, then after Langevin refinement.
-    assert size(out / "refinement.png") == grid_size(2 + 1 + 1, 8)
+    inputs, _, _ = blocks(out / "refinement.png", [2, 1, 1], 8)
+    assert np.array_equal(tile(inputs, 1, 3), test_images[2][3])
     # One column per decoded chain state, one row per modality.
-    assert size(out / "chain-prior.png") == grid_size(M, chain_columns(PRIOR_STEPS + 1, 2))
-    assert size(out / "chain-posterior.png") == grid_size(M, chain_columns(POSTERIOR_STEPS + 1, max(1, 2 // 3)))
+    blocks(out / "chain-prior.png", [M], chain_columns(PRIOR_STEPS + 1, 2))
+    blocks(out / "chain-posterior.png", [M], chain_columns(POSTERIOR_STEPS + 1, max(1, 2 // 3)))
 
 
 def test_sample_given_counts_a_repeated_name_once(run, test_images, tmp_path):
@@ -126,21 +138,43 @@ def test_sample_given_counts_a_repeated_name_once(run, test_images, tmp_path):
     # appears once in cross.png.
     result = invoke("sample", run, "--given", "m0,m1,m1", "--n", "4", "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    assert size(tmp_path / "cross.png") == grid_size(2 + M, 4)
-    assert np.array_equal(tile(tmp_path / "cross.png", 1, 0), test_images[1][0])
+    (cross,) = blocks(tmp_path / "cross.png", [2 + M], 4)
+    assert np.array_equal(tile(cross, 1, 0), test_images[1][0])
 
 
 def test_sample_without_given_conditions_on_each_modality_in_turn(run, test_images, tmp_path):
     result = invoke("sample", run, "--n", "4", "--chain", "--every", "6", "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    # For each modality: its input row, then every modality generated from it.
-    assert size(tmp_path / "cross.png") == grid_size(M * (1 + M), 4)
-    for m in range(M):
-        assert np.array_equal(tile(tmp_path / "cross.png", m * (1 + M), 3), test_images[m][3])
-    assert size(tmp_path / "joint.png") == grid_size(M, 4)
+    # For each modality a block: its input row, then every modality generated from it.
+    for m, block in enumerate(blocks(tmp_path / "cross.png", [1 + M] * M, 4)):
+        assert np.array_equal(tile(block, 0, 3), test_images[m][3])
+    blocks(tmp_path / "joint.png", [M], 4)
     # --every changes the number of chain columns (11 prior states: 0, 6, 10; 4 posterior: 0, 2, 3).
-    assert size(tmp_path / "chain-prior.png") == grid_size(M, 3)
-    assert size(tmp_path / "chain-posterior.png") == grid_size(M, 3)
+    blocks(tmp_path / "chain-prior.png", [M], 3)
+    blocks(tmp_path / "chain-posterior.png", [M], 3)
+
+
+def test_sample_labels_every_row_and_each_chain_column_with_its_step(run, tmp_path):
+    result = invoke("sample", run, "--n", "2", "--chain", "--every", "5", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+
+    def margins(name: str, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """The figure's left label margin and its header above the grid, as dark-pixel masks."""
+        with Image.open(tmp_path / name) as img:
+            dark = np.asarray(img.convert("L")) < 128
+        width, height = grid_size(rows, cols)
+        return dark[-height:, :-width], dark[:-height, -width:]
+
+    pitch = (28 + PAD) * SCALE
+    for name, cols in (("joint.png", 2), ("chain-prior.png", 3), ("chain-posterior.png", 4)):
+        left, header = margins(name, M, cols)
+        # Text in each modality's row band of the margin, and none between the bands.
+        assert all(left[PAD * SCALE + i * pitch:(i + 1) * pitch].any() for i in range(M)), name
+        assert not left[:PAD * SCALE].any() and not left[M * pitch:].any(), name
+        if name == "joint.png":
+            assert header.size == 0  # no column labels
+        else:  # the step above each decoded state: 0, 5, 10 of the prior's 11 states; all 4 of the posterior's
+            assert all(header[:, PAD * SCALE + j * pitch:(j + 1) * pitch].any() for j in range(cols)), name
 
 
 @pytest.mark.parametrize("given, why", [("m5", "unknown m5"), ("m0,m1,m2", "every modality"), ("m0, m9,m1", "unknown m9")])

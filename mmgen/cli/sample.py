@@ -30,10 +30,12 @@ def sample(
 ) -> None:
     """Write joint.png, cross.png, refinement.png and, with --chain, chain-prior.png / chain-posterior.png.
 
-    Rows of cross.png: for each conditioning set, its inputs then every modality generated from
-    them. refinement.png (runs with Langevin inference): inputs, targets from the amortized latent,
-    then after Langevin refinement. chain-prior.png needs an EBM prior, chain-posterior.png Langevin
+    Rows of cross.png: a block per conditioning set, its inputs ("given m0") then every modality
+    generated from them ("m1 from m0"). refinement.png (Langevin inference): inputs, targets from the
+    amortized latent, then refined. chain-prior.png needs an EBM prior, chain-posterior.png Langevin
     inference.
+
+    Rows are labelled on the left, a chain's columns with their Langevin step.
     """
     from mmgen.cli.classifiers import resolve_device
     from mmgen.generation import save_figures
