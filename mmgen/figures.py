@@ -56,6 +56,7 @@ def font(size: int = 14) -> ImageFont.ImageFont:
 
 
 def text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    """(width, height) of ``text``'s ink, to lay it out before drawing it."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
 
