@@ -141,9 +141,11 @@ def test_mmvaeplus_evaluate_and_sample(mmvaeplus_run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     figures = {p.name: Image.open(p).size for p in (tmp_path / "figures").iterdir()}
     # amortized inference and a Laplace prior: no refinement figure and no chains to draw. Images
-    # are 28 px with 2 px padding, upscaled x2; cross.png has given + 2 generated rows per source.
-    assert figures == {"joint.png": (2 * (3 * 30 + 2), 2 * (2 * 30 + 2)),
-                       "cross.png": (2 * (3 * 30 + 2), 2 * (6 * 30 + 2))}
+    # are 28 px with 2 px padding, upscaled x2, after a margin of row labels; cross.png has a block
+    # per source (given + 2 generated rows), the blocks 2 x 8 px apart.
+    assert set(figures) == {"joint.png", "cross.png"}
+    assert figures["joint.png"][1] == 2 * (2 * 30 + 2) and figures["cross.png"][1] == 2 * 2 * (3 * 30 + 2) + 16
+    assert all(width > 2 * (3 * 30 + 2) for width, _ in figures.values())  # the grid and its labels
 
 
 def test_cross_generation_draws_targets_private_latents_from_the_prior(mmvaeplus_run):
