@@ -199,6 +199,18 @@ def test_an_interrupted_launcher_terminates_its_processes_and_says_so(tmp_path):
     assert ended == [(-15, True)]  # SIGTERM, and flagged as an interruption, not a failure
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a terminal. A test run started in the background by a
+    non-interactive shell (``cmd &``, as CI may) inherits SIGINT ignored, and Python leaves it so:
+    a Ctrl-C test then waited for its worker (or, with a job that never ends, forever)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class _InterruptedWhileStarting(__import__("multiprocessing").context.ForkServerProcess):
     """A worker process whose start() is interrupted by Ctrl-C at its very end: the worker exists
     (forked, its pid known) but the launcher has not recorded it yet."""
@@ -213,7 +225,7 @@ class _InterruptedWhileStarting(__import__("multiprocessing").context.ForkServer
         time.sleep(0.5)  # the Python-level handler runs here, still inside start()
 
 
-def test_ctrl_c_while_a_worker_starts_terminates_it_and_says_so(tmp_path):
+def test_ctrl_c_while_a_worker_starts_terminates_it_and_says_so(tmp_path, ctrl_c_raises):
     """The first start launches the fork server (seconds of imports): a Ctrl-C or kill then used to
     leave the forked worker unrecorded, so it was neither terminated nor reported interrupted (it
     trained on until its parent-watch stopped it, and recorded itself as failed)."""
@@ -540,7 +552,7 @@ def test_an_interrupted_slurm_benchmark_cancels_its_jobs_and_reports_them_interr
     assert "interrupted mmvae-s1" in console.file.getvalue()
 
 
-def test_ctrl_c_while_a_job_is_submitted_cancels_it(tmp_path):
+def test_ctrl_c_while_a_job_is_submitted_cancels_it(tmp_path, ctrl_c_raises):
     """A Ctrl-C during submit() (sbatch) used to leave the job submitted but unrecorded: never
     cancelled, never reported."""
     import os
