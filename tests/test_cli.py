@@ -187,3 +187,31 @@ def test_resnet_downsamples_beyond_the_image_size_is_one_line(app, tmp_path, mon
     # the largest valid count builds and trains
     result = invoke(app, *args, "model.encoder.downsamples=5", "model.decoder.downsamples=5")
     assert result.exit_code == 0, result.output
+
+
+def test_another_process_exits_quietly_after_leaving_rank0_time_to_say_the_error(monkeypatch, capsys):
+    """In a multi-process launch only rank 0 prints an error all processes meet; the others exit
+    with its code, but not at once: torchrun stops every process when one exits, which could cut
+    rank 0 off before it printed (then nobody said what was wrong)."""
+    import typer
+
+    from mmgen.cli import common
+    from mmgen.errors import ConfigError
+
+    slept = []
+    monkeypatch.setattr(common.time, "sleep", slept.append)
+
+    @common.user_errors
+    def command():
+        raise ConfigError(["train.nosuch: unknown key"])
+
+    for rank, quiet in (("1", True), ("0", False)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        slept.clear()
+        with pytest.raises(typer.Exit) as exit_:
+            command()
+        assert exit_.value.exit_code == 2
+        said = capsys.readouterr().err
+        assert ("train.nosuch: unknown key" not in said) == quiet
+        assert slept == ([common.RANK0_GRACE_S] if quiet else [])

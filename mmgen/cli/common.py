@@ -7,6 +7,7 @@ import functools
 import importlib
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,6 +122,11 @@ class OneLineErrorsGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
 
 
+#: How long a process other than rank 0 waits before exiting on an error rank 0 reports: torchrun
+#: terminates the others as soon as one process exits, which could cut rank 0 off before it printed.
+RANK0_GRACE_S = 2.0
+
+
 def said_by_another_process() -> bool:
     """In a multi-process launch (torchrun, accelerate launch), every process but rank 0."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("RANK", "0") != "0"
@@ -138,6 +144,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (ConfigError, DivergenceError, Interrupted, RunExists, KeyboardInterrupt) as exc:
             if said_by_another_process():
+                # The launcher stops every process when one exits: leave rank 0 a moment to say it.
+                time.sleep(RANK0_GRACE_S)
                 raise typer.Exit(getattr(exc, "exit_code", 130)) from None
             if isinstance(exc, KeyboardInterrupt):
                 raise fail("interrupted", 130) from None
