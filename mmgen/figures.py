@@ -66,7 +66,11 @@ def labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], columns: Seque
     """Blocks of ``(label, row)`` pairs: each block is its rows' :func:`grid` pixel for pixel
     (upscaled by ``scale``), the blocks stacked :data:`GAP` apart, each row's label in a margin on
     the left, and ``columns`` (one label a column, e.g. a chain's step) above the grid with
-    ``corner`` above the row labels. The text scales with the images, so it stays legible."""
+    ``corner`` above the row labels. The text scales with the images, so it stays legible. An
+    empty block (e.g. no target to refine with one modality) is left out."""
+    blocks = [block for block in blocks if block]
+    if not blocks:
+        raise ValueError("labelled_grid: no rows to draw")
     images = [_image([row for _, row in block], scale) for block in blocks]
     fnt = font(7 * scale)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))

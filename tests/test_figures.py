@@ -75,3 +75,28 @@ def test_the_text_scales_with_the_images():
         margins.append(margin.shape[1])
         heights.append(np.ptp(np.flatnonzero(margin.any(axis=1))))
     assert margins[1] > 2 * margins[0] and heights[1] > 2 * heights[0]  # legible at any scale
+
+
+def test_an_empty_block_is_left_out(tmp_path):
+    # One modality given and none left to refine: refinement.png's amortized and refined blocks are
+    # empty (mmgen sample/evaluate raised "max() arg is an empty sequence").
+    r = rows(1)
+    alone = np.asarray(labelled_grid([[("given m0", r[0])]]))
+    assert np.array_equal(np.asarray(labelled_grid([[("given m0", r[0])], [], []])), alone)
+    assert np.array_equal(np.asarray(labelled_grid([[], [("given m0", r[0])]])), alone)
+
+
+def test_figures_of_a_one_modality_model_with_langevin_inference(plugins, tiny_overrides, tmp_path):
+    from tests.helpers import tiny_config
+
+    from mmgen.data import ModalitySpec, MultimodalDataset
+    from mmgen.generation import save_figures
+    from mmgen.model import build_model
+
+    cfg = tiny_config(plugins, tiny_overrides, ["model.inference.name=langevin", "model.inference.steps=2"])
+    specs = [ModalitySpec("m0", (3, 28, 28))]  # a dataset plugin may hand out a single modality
+    data = MultimodalDataset(specs, [torch.rand(4, 3, 28, 28)], torch.zeros(4))
+    torch.manual_seed(0)
+    model = build_model(cfg, plugins.registry, specs)
+    paths = save_figures(model, data, tmp_path, "cpu", n=2)
+    assert [p.name for p in paths] == ["joint.png", "cross.png", "refinement.png"]
