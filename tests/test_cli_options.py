@@ -177,7 +177,8 @@ def test_sample_labels_every_row_and_each_chain_column_with_its_step(run, tmp_pa
             assert all(header[:, PAD * SCALE + j * pitch:(j + 1) * pitch].any() for j in range(cols)), name
 
 
-@pytest.mark.parametrize("given, why", [("m5", "unknown m5"), ("m0,m1,m2", "every modality"), ("m0, m9,m1", "unknown m9")])
+@pytest.mark.parametrize("given, why", [("m5", "unknown m5"), ("m0,m1,m2", "every modality"), ("m0, m9,m1", "unknown m9"),
+                                        ("\u00b2", "unknown \u00b2")])  # '²'.isdigit(), but int('²') raised ValueError
 def test_sample_given_must_be_a_proper_subset(run, tmp_path, given, why):
     line = one_line_error(invoke("sample", run, "--given", given, "--out", tmp_path / "f"))
     assert line == f"error: --given '{given}': {why}; choose a proper subset of m0, m1, m2"

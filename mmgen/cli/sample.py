@@ -50,7 +50,7 @@ def sample(
     if given is not None:
         # A name, or an index as bench files' report.cross_given takes them (0 for m0).
         wanted = [g.strip() for g in given.split(",") if g.strip()]
-        wanted = list(dict.fromkeys(names[int(g)] if g not in names and g.isdigit() and int(g) < len(names) else g
+        wanted = list(dict.fromkeys(names[int(g)] if g not in names and g.isascii() and g.isdigit() and int(g) < len(names) else g
                                     for g in wanted))  # repeats once
         unknown = [g for g in wanted if g not in names]
         if unknown or not wanted or len(wanted) >= len(names):
