@@ -758,6 +758,21 @@ def test_a_bench_file_does_not_train_over_another_files_runs(tmp_path, monkeypat
     assert invoke("bench", copy_, "--dry-run", "--out", bench_dir).exit_code == 0
 
 
+def test_a_moved_or_renamed_bench_file_keeps_its_runs(tmp_path, monkeypatch):
+    """The owner record names the file's old path after a move or rename: the same file was refused
+    as "another bench file", naming one that no longer exists."""
+    from mmgen.bench.plan import check_owner, claim_owner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "one").mkdir()
+    old = tmp_path / "one" / "t.yaml"
+    old.write_text("name: t\nbudget: {max_steps: 1}\nruns: [{name: a, recipe: mmvae}]\n")
+    bench_dir = Path("bench") / "t"
+    claim_owner(load_spec(old), bench_dir)
+    moved = old.rename(tmp_path / "t-renamed.yaml")
+    check_owner(load_spec(moved), bench_dir, explicit_out=False)
+
+
 def test_a_curve_no_run_logged_is_named_with_what_was_logged(tmp_path, smoke):
     """Validation accepts any prior/... or objective/... statistic (what a component logs is only
     known once it ran); a curve that no finished run logged gets a note, not a silent gap."""

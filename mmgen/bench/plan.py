@@ -208,10 +208,13 @@ OWNER_FILE = "bench-file.json"  # in the benchmark folder: which bench file its 
 def check_owner(spec: BenchSpec, bench_dir: Path, explicit_out: bool) -> None:
     """Refuse to run a bench file in a folder whose runs another bench file made (two files with
     the same ``name:``, e.g. a copy edited into a new comparison): its same-named runs would look
-    changed and be trained over. ``--out`` (``explicit_out``) adopts the folder deliberately."""
+    changed and be trained over. ``--out`` (``explicit_out``) adopts the folder deliberately, and so
+    does a file when the recorded one no longer exists (moved or renamed: no other file's runs to keep)."""
     record = read_json_file(bench_dir / OWNER_FILE)
     here = str(Path(spec.path).resolve())
     if explicit_out or not isinstance(record, dict) or record.get("file") in (None, here):
+        return
+    if not Path(str(record["file"])).exists():
         return
     raise MMGenError(f"{bench_dir} holds the runs of another bench file ({record['file']}) with the same name "
                      f"'{spec.name}'; give this one its own name: (or --out FOLDER), or pass --out {bench_dir} "
