@@ -365,8 +365,8 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
                                        rank=accelerator.process_index, world=accelerator.num_processes))
     if steps_per_epoch == 0:
         raise MMGenError(f"train.batch_size: {tcfg['batch_size']} is larger than the training set ({len(train_set)} tuples)")
-    state, note = reshard(state, len(EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], 0)),
-                          accelerator.num_processes)
+    full_batches = len(EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], 0))
+    state, note = reshard(state, full_batches, accelerator.num_processes)
     if note and is_main:
         console.print(f"[yellow]note:[/] {note}")
     total = tcfg["epochs"] * steps_per_epoch + state.offset
@@ -487,7 +487,9 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
             except _Rollback:
                 guard.clear()
                 rollbacks = state.rollbacks + 1
-                state = restore(load_checkpoint(ckpt_dir / "latest.pt"))
+                # (latest.pt may still be the one resumed from, of another number of processes)
+                state, _ = reshard(restore(load_checkpoint(ckpt_dir / "latest.pt")), full_batches,
+                                   accelerator.num_processes)
                 factor = tcfg["rollback_factor"]
                 state.rollbacks, state.damping = rollbacks, state.damping * factor
                 state.lr_scale *= factor

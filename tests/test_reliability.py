@@ -595,3 +595,26 @@ def test_two_processes_say_once_that_out_holds_a_run(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode != 0
     assert " ".join(proc.stderr.split()).count(f"error: --out {out} already holds a run") == 1, proc.stderr
+
+
+def test_a_rollback_right_after_a_resume_with_another_number_of_processes_reshards_again(tmp_path, tiny_overrides):
+    """A rollback before the resumed run's first checkpoint loads the checkpoint it resumed from, of
+    the other number of processes: its position was taken as is (the epoch's batches 2 and 3 trained
+    twice), and its `processes` went on into the next checkpoints."""
+    out = tmp_path / "r"
+    nan = [*NAN_CFG, "model.prior.nan_at=[3]", "train.on_nonfinite=rollback"]
+    assert cli("train", "--out", str(out), "--max-steps", "2", *tiny_overrides, *nan).exit_code == 0
+    latest = out / "checkpoints" / "latest.pt"
+    ckpt = load_checkpoint(latest)
+    # As a 2-process run leaves it after 2 steps: the epoch's first 4 of 8 batches taken.
+    ckpt["progress"].update(step=2, epoch=0, batch=2, processes=2)
+    torch.save(ckpt, latest)
+    (out / "checkpoints" / "final.pt").unlink()
+    # The third step after the resume is non-finite (the plugin counts this process's steps), before any checkpoint.
+    result = cli("train", "--resume", str(out), "--max-steps", "8", "train.checkpoint_every=100")
+    assert result.exit_code == 0, result.output
+    assert "rollback 1/3 to step 2" in " ".join(result.output.split())
+    progress = load_checkpoint(out / "checkpoints" / "final.pt")["progress"]
+    # Batches 4-7 of epoch 0 (steps 3-6), then 0-1 of epoch 1; was (1, 0, 2): batches 2-7, the processes kept.
+    assert (progress["epoch"], progress["batch"], progress["processes"]) == (1, 2, 1)
+    assert progress["step"] == 8 and progress["offset"] == -2
