@@ -381,6 +381,14 @@ def test_results_tex_is_the_table_as_latex_with_its_provenance(tmp_path):
     assert lines[1].startswith(f"% Made by mmgen {__version__}") and lines[1].endswith("mmgen bench b.yaml")
 
 
+def test_results_tex_escapes_what_the_default_font_encoding_sets_as_other_characters():
+    """A column label "FD <joint> | x" came out of pdflatex as "FD ¡joint¿ — x" (OT1 encoding)."""
+    from mmgen.bench.report import latex_escape
+
+    assert latex_escape("FD <joint> | x") == r"FD \textless{}joint\textgreater{} \textbar{} x"
+    assert latex_escape("a_b & {c}") == r"a\_b \& \{c\}"
+
+
 def test_a_cells_std_has_the_decimals_of_its_mean():
     """A table cell is pasted into papers: "620.3 ± 4.245" mixed 1 and 3 decimals."""
     from mmgen.bench.report import Cell, fmt_cell
