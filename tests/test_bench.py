@@ -443,6 +443,16 @@ def test_a_run_config_path_is_relative_to_the_bench_file(tmp_path, monkeypatch):
     assert Path(runs[1].config).resolve() == tmp_path / "n.yaml"
 
 
+def test_a_name_with_a_trailing_newline_is_not_folder_safe(tmp_path):
+    """The name pattern's "$" matched before a final newline: "t\\n" made a folder bench/t<newline>
+    and ended results.tex's comment line, putting its rest into the document."""
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, 'name: "t\\n"\nbudget: {epochs: 1}\nruns: [{name: "a\\n", recipe: mmvae}]\n'))
+    assert [e.split(": ", 1)[1] for e in err.value.errors] == [
+        "name: expected a folder-safe name (letters, digits, . _ -), got 't\\n'",
+        "runs[0].name: expected a folder-safe name (letters, digits, . _ -), got 'a\\n'"]
+
+
 def test_spec_errors_name_their_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(write(tmp_path, "seed: [0]\nruns: [{name: a, recipe: mvea, overrides: [train.epochs=3]}]\n"))

@@ -35,7 +35,7 @@ EVAL_DEFAULTS: dict[str, Any] = {"metrics": None, "n": 1000, "n_test": 0, "batch
                                  "columns": None}
 CLASSIFIER_KEYS = ("epochs", "min_steps", "batch_size", "lr", "seed")
 REPORT_DEFAULTS: dict[str, Any] = {"curves": ["loss"], "cross_given": [0], "cross_n": 8}
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: a "$" also matched before a trailing newline
 #: What the local fork server imports once (every run process is forked from it).
 PRELOAD = ["mmgen.bench", "mmgen.bench.worker", "mmgen.cli.main", "mmgen.train", "mmgen.evaluation", "mmgen.run",
            "mmgen.generation", "accelerate", "torch._dynamo"]
@@ -153,7 +153,7 @@ def load_spec(path: str | Path) -> BenchSpec:
     _unknown(raw, TOP_KEYS, "", errors)
 
     name = raw.get("name", path.stem)
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         errors.append(f"name: expected a folder-safe name (letters, digits, . _ -), got {name!r}")
     description = raw.get("description") or ""
     seeds = _seeds(raw.get("seeds", [0]), "seeds", errors)
@@ -233,7 +233,7 @@ def load_spec(path: str | Path) -> BenchSpec:
             continue
         _unknown(entry, RUN_KEYS, f"{where}.", errors)
         run_name = entry.get("name")
-        if not isinstance(run_name, str) or not NAME.match(run_name):
+        if not isinstance(run_name, str) or not NAME.fullmatch(run_name):
             errors.append(f"{where}.name: expected a folder-safe name (letters, digits, . _ -), got {run_name!r}")
             continue
         where = f"runs[{i}] ({run_name})"
