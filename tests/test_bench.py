@@ -381,6 +381,36 @@ def test_results_tex_is_the_table_as_latex_with_its_provenance(tmp_path):
     assert lines[1].startswith(f"% Made by mmgen {__version__}") and lines[1].endswith("mmgen bench b.yaml")
 
 
+def test_provenance_names_no_commit_for_an_install_inside_another_checkout(tmp_path):
+    """``pip install .`` into a project's .venv: site-packages lies inside a git checkout, whose HEAD
+    was recorded as mmgen's commit (another repository's, or a later commit than the installed one)."""
+    import subprocess
+
+    from mmgen.bench.report import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    site = tmp_path / ".venv" / "site-packages"
+    (site / "mmgen" / "bench").mkdir(parents=True)
+    (site / "mmgen" / "bench" / "report.py").write_text("")
+    git("add", ".gitignore")
+    git("commit", "-q", "-m", "a paper")
+    assert git_commit(site) is None
+    (tmp_path / "mmgen" / "bench").mkdir(parents=True)  # a checkout of mmgen itself
+    (tmp_path / "mmgen" / "bench" / "report.py").write_text("")
+    git("add", "mmgen")
+    git("commit", "-q", "-m", "mmgen")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert git_commit(tmp_path) == head
+    (tmp_path / "mmgen" / "bench" / "report.py").write_text("# edited")
+    assert git_commit(tmp_path) == head + "+dirty"
+
+
 def test_results_tex_escapes_what_the_default_font_encoding_sets_as_other_characters():
     """A column label "FD <joint> | x" came out of pdflatex as "FD ¡joint¿ — x" (OT1 encoding)."""
     from mmgen.bench.report import latex_escape

@@ -493,23 +493,30 @@ def provenance(bench_file: str | Path | None = None, command: str | None = None)
 
     from mmgen import __version__
 
-    source = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) holding mmgen/
-    commit = None
-    try:
-        head = subprocess.run(["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
-        if head.returncode == 0 and (source / "mmgen" / "bench" / "report.py").is_file():
-            dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            commit = head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = git_commit(Path(__file__).resolve().parents[2])  # the checkout (or site-packages) holding mmgen/
     digest = None
     if bench_file is not None and Path(bench_file).is_file():
         digest = hashlib.sha256(Path(bench_file).read_bytes()).hexdigest()
     return {"mmgen": __version__, "git": commit, "torch": torch.__version__, "python": platform.python_version(),
             "bench_file": str(bench_file) if bench_file is not None else None, "bench_file_sha256": digest,
             "command": command}
+
+
+def git_commit(source: Path) -> str | None:
+    """The commit of the git checkout ``source`` whose ``mmgen/`` this is (``+dirty`` with
+    uncommitted changes); None when git is missing or ``mmgen/`` is not tracked there: a
+    site-packages inside some checkout (a project's .venv) is not that checkout's code."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        if head.returncode != 0 or git("ls-files", "--error-unmatch", "mmgen/bench/report.py").returncode != 0:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _provenance_line(report: dict[str, Any]) -> str | None:
