@@ -26,7 +26,7 @@ from mmgen.checkpoint import (atomic_write_text, load_checkpoint, process_seed, 
                               set_rng_state)
 from mmgen.config import component_config, to_yaml
 from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset, format_shape
-from mmgen.errors import CheckpointError, DivergenceError, Interrupted, MMGenError, RunExists
+from mmgen.errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MMGenError, RunExists
 from mmgen.figures import save_grid
 from mmgen.model import MultimodalModel, build_model
 from mmgen.plugins import Plugins
@@ -363,8 +363,12 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     core: MultimodalModel = accelerator.unwrap_model(model)
     steps_per_epoch = len(EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], 0,
                                        rank=accelerator.process_index, world=accelerator.num_processes))
-    if steps_per_epoch == 0:
-        raise MMGenError(f"train.batch_size: {tcfg['batch_size']} is larger than the training set ({len(train_set)} tuples)")
+    if steps_per_epoch == 0:  # a config error: every process meets it alike (said once)
+        if accelerator.num_processes > 1 and tcfg["batch_size"] <= len(train_set):  # batches, but not one each
+            raise ConfigError([f"train.batch_size: {tcfg['batch_size']} x {accelerator.num_processes} processes is more "
+                               f"than the training set ({len(train_set)} tuples) holds: every process needs a batch; "
+                               "use a smaller train.batch_size or fewer processes"])
+        raise ConfigError([f"train.batch_size: {tcfg['batch_size']} is larger than the training set ({len(train_set)} tuples)"])
     full_batches = len(EpochBatches(train_set, tcfg["batch_size"], cfg["seed"], 0))
     state, note = reshard(state, full_batches, accelerator.num_processes)
     if note and is_main:

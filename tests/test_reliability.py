@@ -585,6 +585,20 @@ def test_two_processes_say_a_config_error_once(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_with_one_batch_between_them_say_so(tmp_path):
+    """8 tuples in batches of 8: one batch, two processes. It said the batch was larger than the
+    training set, which it is not."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mmgen.cli.main", "train", "--out", str(tmp_path / "run"), "train.device=cpu", "data.modalities=2",
+           "data.train_size=8", "data.test_size=8", "train.batch_size=8", "model.encoder.name=mlp", "model.decoder.name=mlp"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0
+    said = " ".join(proc.stderr.split())
+    assert said.count("error: config: train.batch_size: 8 x 2 processes is more than the training set (8 tuples) holds") == 1, said
+
+
+@pytest.mark.slow
 def test_two_processes_say_once_that_out_holds_a_run(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

@@ -135,8 +135,8 @@ def warn_if_few_samples(metric: str, moments: Sequence[Moments]) -> None:
     fewest, features = min(m.n for m in used), used[0].sum.numel()
     if fewest <= features:
         warnings.warn(f"{metric}: {fewest} samples for {features} features: the covariances are singular and "
-                      f"{metric.upper()} is biased upward; compare only at the same --n and --n-test "
-                      f"(more than {features} of each for a stable value)", MMGenWarning, stacklevel=2)
+                      f"{metric.upper()} is biased upward; compare only at equal sample counts (evaluate's --n and "
+                      f"--n-test, a bench's evaluate.n and n_test; more than {features} of each for a stable value)", MMGenWarning, stacklevel=2)
 
 
 def conditioning_subsets(num_modalities: int) -> list[tuple[int, ...]]:
