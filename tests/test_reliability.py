@@ -256,7 +256,8 @@ def test_nan_steps_are_reported_at_the_next_sync_with_their_own_numbers(tmp_path
 def test_finite_guard_skips_a_nan_step_on_the_device(tiny_overrides, plugins):
     """The optimizer leaves weights, moments and its step count untouched for a flagged step."""
     from mmgen.model import StepOutput
-    from mmgen.train import FiniteGuard, make_optimizer
+    from mmgen.finite import FiniteGuard
+    from mmgen.train import make_optimizer
 
     _, model, train_set = tiny_model(plugins, tiny_overrides)
     batch = float_batch(train_set, 8)

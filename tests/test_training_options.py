@@ -18,7 +18,8 @@ from mmgen.cli.main import create_app
 from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset
 from mmgen.evaluation import EvalContext
 from mmgen.run import load_run
-from mmgen.train import FiniteGuard, train
+from mmgen.finite import FiniteGuard
+from mmgen.train import train
 
 from .helpers import tiny_config
 
