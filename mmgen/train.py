@@ -7,6 +7,7 @@ devices (accelerate), logging, sample grids, non-finite guards and atomic checkp
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import signal
@@ -216,6 +217,11 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
     console = console or Console(stderr=True)
     tcfg = cfg["train"]
     accelerator = _accelerator(tcfg)
+    if accelerator.num_processes > 1:
+        # Tear the process group down before the interpreter does: left to its destructors at exit,
+        # a finished 2-process run's rank 0 sometimes aborted ("terminate called without an active
+        # exception", exit -6) after it had written everything (seen in CI on CPU/gloo).
+        atexit.register(accelerator.state.destroy_process_group)
     is_main = accelerator.is_main_process
     device = accelerator.device
     torch.manual_seed(cfg["seed"])
