@@ -15,17 +15,24 @@ from torch import Tensor
 GAP = 8
 
 
+def is_image(row: Tensor) -> bool:
+    """Whether ``row`` is a batch of images a grid can show: ``(n, C, H, W)`` with 1 or 3 channels.
+    Other modalities (vectors, audio, ...) have no picture here; the figures leave them out."""
+    return row.dim() == 4 and row.size(1) in (1, 3)
+
+
 def grid(rows: list[Tensor], pad: int = 2) -> np.ndarray:
-    """Tile rows of images ``(n, C, H, W)`` in [0, 1] into one ``(H', W', 3)`` uint8 array."""
+    """Tile rows of images ``(n, C, H, W)`` in [0, 1] into one ``(H', W', 3)`` uint8 array; a
+    cell is the largest image's size, and a smaller image sits in its cell's top-left corner."""
     rows = [r.detach().float().cpu().clamp(0, 1) for r in rows]
     rows = [r.expand(-1, 3, -1, -1) if r.size(1) == 1 else r for r in rows]
     n = max(r.size(0) for r in rows)
-    h, w = rows[0].shape[-2:]
+    h, w = max(r.size(-2) for r in rows), max(r.size(-1) for r in rows)
     canvas = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + h, x:x + w] = img
+            canvas[:, y:y + img.size(-2), x:x + img.size(-1)] = img
     return (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
@@ -42,9 +49,11 @@ def _save(img: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def save_grid(rows: list[Tensor], path: str | Path, scale: int = 2) -> Path:
-    """Save :func:`grid` as a PNG (nearest-neighbour upscaled by ``scale``)."""
-    return _save(_image(rows, scale), path)
+def save_grid(rows: list[Tensor], path: str | Path, scale: int = 2) -> Path | None:
+    """Save :func:`grid` of the image rows (:func:`is_image`) as a PNG, nearest-neighbour upscaled
+    by ``scale``; None, and no file, when no row is an image."""
+    rows = [row for row in rows if is_image(row)]
+    return _save(_image(rows, scale), path) if rows else None
 
 
 def font(size: int = 14) -> ImageFont.ImageFont:
@@ -67,10 +76,11 @@ def labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], columns: Seque
     (upscaled by ``scale``), the blocks stacked :data:`GAP` apart, each row's label in a margin on
     the left, and ``columns`` (one label a column, e.g. a chain's step) above the grid with
     ``corner`` above the row labels. The text scales with the images, so it stays legible. An
-    empty block (e.g. no target to refine with one modality) is left out."""
-    blocks = [block for block in blocks if block]
+    empty block (e.g. no target to refine with one modality) is left out, as are rows that are not
+    images (:func:`is_image`)."""
+    blocks = [kept for block in blocks if (kept := [(text, row) for text, row in block if is_image(row)])]
     if not blocks:
-        raise ValueError("labelled_grid: no rows to draw")
+        raise ValueError("labelled_grid: no image rows to draw")
     images = [_image([row for _, row in block], scale) for block in blocks]
     fnt = font(7 * scale)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -83,8 +93,8 @@ def labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], columns: Seque
     canvas = Image.new("RGB", (left + max(img.width for img in images),
                                top + sum(img.height for img in images) + gap * (len(images) - 1)), "white")
     draw = ImageDraw.Draw(canvas)
-    h, w = blocks[0][0][1].shape[-2:]
-    pitch_y, pitch_x = (h + 2) * scale, (w + 2) * scale  # grid's pad is 2
+    w = max(row.size(-1) for _, row in blocks[0])  # the first block's cells, under the column labels
+    pitch_x = (w + 2) * scale  # grid's pad is 2
 
     def put(text: str, x: float, y: float) -> None:  # left edge x, vertical centre y
         x0, y0, _, y1 = draw.textbbox((0, 0), text, font=fnt)
@@ -93,8 +103,9 @@ def labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], columns: Seque
     y = top
     for block, img in zip(blocks, images):
         canvas.paste(img, (left, y))
+        h = max(row.size(-2) for _, row in block)  # the block's cell height (grid's)
         for i, (text, _) in enumerate(block):
-            put(text, space, y + 2 * scale + pitch_y * i + h * scale / 2)
+            put(text, space, y + 2 * scale + (h + 2) * scale * i + h * scale / 2)
         y += img.height + gap
     for j, text in enumerate(columns):
         put(text, left + 2 * scale + pitch_x * j + (w * scale - text_size(draw, text, fnt)[0]) / 2, top / 2)
@@ -104,6 +115,8 @@ def labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], columns: Seque
 
 
 def save_labelled_grid(blocks: Sequence[Sequence[tuple[str, Tensor]]], path: str | Path, columns: Sequence[str] = (),
-                       corner: str = "", scale: int = 2) -> Path:
-    """Save :func:`labelled_grid` as a PNG."""
+                       corner: str = "", scale: int = 2) -> Path | None:
+    """Save :func:`labelled_grid` as a PNG; None, and no file, when no row is an image."""
+    if not any(is_image(row) for block in blocks for _, row in block):
+        return None
     return _save(labelled_grid(blocks, columns, corner, scale), path)

@@ -117,11 +117,11 @@ def save_figures(model: MultimodalModel, test_set: MultimodalDataset, out: Path,
             labels = [f"{name} (given)" if m in sources[0] else name for m, name in enumerate(names)]
             paths.append(_save_chain(model, result.chain[:, 0], max(1, every // 3), w, labels,
                                      out / "chain-posterior.png"))
-    return paths
+    return [p for p in paths if p is not None]  # a figure of modalities that are not images is not drawn
 
 
 def _save_chain(model: MultimodalModel, chain: Tensor, every: int, w: Tensor | None, labels: list[str],
-                path: Path) -> Path:
+                path: Path) -> Path | None:
     """A chain's decoded states: a row per modality, a column per state labelled with its step."""
     steps = chain_steps(chain.size(0), every)
     rows = chain_rows(model, chain, every, w)

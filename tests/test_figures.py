@@ -100,3 +100,34 @@ def test_figures_of_a_one_modality_model_with_langevin_inference(plugins, tiny_o
     model = build_model(cfg, plugins.registry, specs)
     paths = save_figures(model, data, tmp_path, "cpu", n=2)
     assert [p.name for p in paths] == ["joint.png", "cross.png", "refinement.png"]
+
+
+def test_figures_show_the_image_modalities_and_leave_the_others_out(tmp_path, plugins, tiny_overrides):
+    """A vector modality (any shape goes through the MLP networks) crashed the sample grid at the
+    end of every training epoch, and `mmgen sample`; images of two sizes did too."""
+    import torch
+
+    from mmgen.data import ModalitySpec, MultimodalDataset
+    from mmgen.figures import grid, save_grid
+    from mmgen.generation import save_figures
+    from mmgen.model import build_model
+    from mmgen.train import save_samples
+
+    from .helpers import tiny_config
+
+    specs = [ModalitySpec("img", (1, 28, 28)), ModalitySpec("small", (3, 14, 14)), ModalitySpec("vec", (5,))]
+    data = MultimodalDataset(specs, [torch.rand(6, 1, 28, 28), torch.rand(6, 3, 14, 14), torch.rand(6, 5)],
+                             torch.arange(6) % 3)
+    torch.manual_seed(0)
+    model = build_model(tiny_config(plugins, tiny_overrides), plugins.registry, specs)
+    save_samples(model, data, tmp_path / "samples.png", torch.device("cpu"), n=4)
+    img = Image.open(tmp_path / "samples.png")
+    # the two image modalities' inputs, reconstructions and joint samples: 6 rows of 28 px cells
+    assert img.size == (2 * (4 * 30 + 2), 2 * (6 * 30 + 2))
+    small = torch.rand(2, 3, 14, 14)
+    cells = grid([small, torch.zeros(2, 1, 28, 28)])
+    assert cells.shape == (2 * 30 + 2, 2 * 30 + 2, 3)  # cells of the largest image
+    assert np.array_equal(cells[2:16, 2:16], (small[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    paths = save_figures(model, data, tmp_path / "figures", "cpu", n=3)
+    assert sorted(p.name for p in paths) == ["cross.png", "joint.png"]
+    assert save_grid([torch.rand(3, 5)], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

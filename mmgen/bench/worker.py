@@ -95,7 +95,7 @@ def _last_error(log: Path) -> str:
     return (lines[-1] if lines else "no output")[:300]
 
 
-def save_cross(run_dir: Path, given: list[int], n: int, seed: int, refine: bool, device: str) -> Path:
+def save_cross(run_dir: Path, given: list[int], n: int, seed: int, refine: bool, device: str) -> Path | None:
     """``bench-cross.png``: the first ``n`` test tuples' given modalities, then every modality
     generated from them — the same tuples and random stream for every model of the benchmark."""
     import torch

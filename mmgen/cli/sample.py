@@ -38,6 +38,7 @@ def sample(
     Rows are labelled on the left, a chain's columns with their Langevin step.
     """
     from mmgen.cli.classifiers import resolve_device
+    from mmgen.data import format_shape
     from mmgen.generation import save_figures
     from mmgen.run import load_run
 
@@ -65,6 +66,11 @@ def sample(
     paths = save_figures(loaded.model, loaded.test_set, out or loaded.run_dir / "figures", device, n, given_idx, chain, every)
     for p in paths:
         err_console.print(f"wrote {p}")
+    if not paths:
+        err_console.print("[yellow]note:[/] no figure drawn: none of this run's modalities is an image "
+                          f"({', '.join(f'{m.name} {format_shape(m.shape)}' for m in loaded.model.modalities)})",
+                          soft_wrap=True)
+        return
     if chain and not any(p.name.startswith("chain-") for p in paths):
         err_console.print("[yellow]note:[/] --chain drew nothing: this run has neither an EBM prior (a prior chain) "
                           "nor Langevin inference (a posterior chain)", soft_wrap=True)
