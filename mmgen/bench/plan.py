@@ -247,8 +247,8 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
         raise MMGenError(f"--only {unknown[0]}: no such run{did_you_mean(unknown[0], names)}; runs: {', '.join(names)}")
     resolved: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     registry = None
-    for i, run in enumerate(spec.runs):
-        where = f"{spec.path}: runs[{i}] ({run.name})"
+    for run in spec.runs:
+        where = f"{spec.path}: runs[{run.index}] ({run.name})"
         for seed in run.seeds:
             run_dir = bench_dir / "runs" / f"{run.name}-s{seed}"
             try:

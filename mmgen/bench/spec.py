@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ PARENT_ENV = "MMGEN_BENCH_PARENT_PID"  # set for local workers: they end when th
 
 TOP_KEYS = ("name", "description", "seeds", "budget", "data", "overrides", "evaluate", "report", "runs", "slurm")
 RUN_KEYS = ("name", "recipe", "config", "prior", "agg", "aggregator", "inference", "encoder", "decoder",
-            "objective", "overrides", "seeds")
+            "objective", "grid", "overrides", "seeds")
 #: Component choices a run may name directly, like ``mmgen train --prior ebm --agg moe``.
 CHOICE_PATHS = {"prior": "model.prior.name", "agg": "model.aggregator.name", "aggregator": "model.aggregator.name",
                 "inference": "model.inference.name", "encoder": "model.encoder.name",
@@ -36,6 +37,7 @@ EVAL_DEFAULTS: dict[str, Any] = {"metrics": None, "n": 1000, "n_test": 0, "batch
 CLASSIFIER_KEYS = ("epochs", "min_steps", "batch_size", "lr", "seed")
 REPORT_DEFAULTS: dict[str, Any] = {"curves": ["loss"], "cross_given": [0], "cross_n": 8}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: a "$" also matched before a trailing newline
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")  # {agg}, {model.prior.steps} or {steps} in a grid run's name
 #: What the local fork server imports once (every run process is forked from it).
 PRELOAD = ["mmgen.bench", "mmgen.bench.worker", "mmgen.cli.main", "mmgen.train", "mmgen.evaluation", "mmgen.run",
            "mmgen.generation", "accelerate", "torch._dynamo"]
@@ -54,6 +56,7 @@ class RunSpec:
     choices: dict[str, str] = field(default_factory=dict)  # config path -> component name
     overrides: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    index: int = 0  # its entry in the file's runs: (an entry with lists stands for several runs)
 
 
 @dataclass
@@ -142,6 +145,78 @@ def _data_section(value: Any, errors: list[str]) -> dict[str, Any]:
     return {}
 
 
+#: Keys of a run that may hold a list of names: the entry then stands for one run per combination.
+GRID_CHOICES = ("recipe", *CHOICE_PATHS)
+GRID_EXAMPLE = "e.g. {name: 'mmvae-{agg}-{prior}', recipe: mmvae, agg: [poe, moe], grid: {model.prior.steps: [10, 30]}}"
+
+
+def _grid_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _expand_grid(entry: dict[str, Any], where: str, errors: list[str]) -> list[dict[str, Any]]:
+    """The runs one ``runs:`` entry stands for: the entry itself, or, when component choices are lists
+    (``agg: [poe, moe]``) or ``grid:`` maps config paths to lists of values, one run per combination
+    (in the order written, the last key varying fastest), each named by filling the ``{key}``
+    placeholders of the entry's name (``{agg}``; a grid path in full or by its last part, ``{steps}``)
+    and given its grid values as overrides after the entry's own."""
+    name = entry.get("name")
+    axes: dict[str, tuple[str | None, list[Any]]] = {}  # placeholder -> (config path of a grid key, values)
+    grid = entry.get("grid")
+    if grid is not None and (not isinstance(grid, dict) or not grid):
+        errors.append(f"{where}.grid: expected a mapping of config paths to lists of values, {GRID_EXAMPLE}; got {grid!r}")
+    lists: list[tuple[str, str | None, Any]] = []  # (placeholder, grid path or None, values), in the order written
+    for key, value in entry.items():
+        if key in GRID_CHOICES and isinstance(value, list):
+            lists.append((key, None, value))
+        elif key == "grid" and isinstance(value, dict):
+            lists += [(str(path), str(path), values) for path, values in value.items()]
+    for key, path, values in lists:
+        if path is None:
+            axes[key] = (None, values)
+            if not values or not all(isinstance(v, str) for v in values):
+                errors.append(f"{where}.{key}: expected a name or a non-empty list of names, got {values!r}")
+            continue
+        if not isinstance(values, list) or not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+            errors.append(f"{where}.grid.{path}: expected a non-empty list of values (numbers, strings, true/false), "
+                          f"got {values!r}")
+        elif shared := _touches(f"{path}=", SHARED_PATHS):
+            errors.append(f"{where}.grid.{path}: sets {shared}, which the benchmark sets for every run "
+                          f"(use data:, budget: or seeds:)")
+        else:
+            axes[path] = (path, values)
+    plain = {k: v for k, v in entry.items() if k != "grid"}
+    if not isinstance(name, str):
+        return [plain]  # the name's own check says what is wrong
+    used = PLACEHOLDER.findall(name)
+    if not axes:
+        if used and not lists:
+            errors.append(f"{where}.name: '{name}' has placeholders but the run has no lists to fill them; {GRID_EXAMPLE}")
+        return [] if used else [plain]
+    tails = [p.rsplit(".", 1)[-1] for p in axes]
+    aliases = {**{t: p for t, p in zip(tails, axes) if tails.count(t) == 1}, **{p: p for p in axes}}
+    unknown = [key for key in used if key not in aliases]
+    for key in unknown:
+        errors.append(f"{where}.name: '{{{key}}}' names none of this run's lists; placeholders: "
+                      + ", ".join("{" + a + "}" for a in aliases))
+    named = {aliases.get(u) for u in used}
+    unnamed = [] if unknown else [k for k, (_, values) in axes.items() if len(values) > 1 and k not in named]
+    if unnamed:
+        hint = "-".join("{" + next(a for a in aliases if aliases[a] == k) + "}" for k in unnamed)
+        errors.append(f"{where}.name: '{name}' would give its {math.prod(len(v) for _, v in axes.values())} runs "
+                      f"the same name; put {hint} in it, e.g. '{PLACEHOLDER.sub('', name).strip('-_.') or 'run'}-{hint}'")
+    if any(e.startswith(f"{where}.") for e in errors):
+        return []
+    runs = []
+    for combo in itertools.product(*(values for _, values in axes.values())):
+        chosen = dict(zip(axes, combo))
+        run = plain | {k: v for k, v in chosen.items() if axes[k][0] is None}
+        run["name"] = PLACEHOLDER.sub(lambda m: _grid_text(chosen[aliases[m.group(1)]]), name)
+        run["grid"] = [f"{path}={_grid_text(v)}" for k, v in chosen.items() if (path := axes[k][0])]
+        runs.append(run)
+    return runs
+
+
 def load_spec(path: str | Path) -> BenchSpec:
     """Read and check a bench file's structure; raise :class:`ConfigError` listing every problem.
 
@@ -226,12 +301,15 @@ def load_spec(path: str | Path) -> BenchSpec:
             f"expected a list of runs, got a {type(raw_runs).__name__}"
         errors.append(f"runs: {problem}; list the runs, e.g. [{{name: mmvae, recipe: mmvae}}]")
         raw_runs = []
+    expanded: list[tuple[int, dict[str, Any]]] = []
     for i, entry in enumerate(raw_runs):
-        where = f"runs[{i}]"
         if not isinstance(entry, dict):
-            errors.append(f"{where}: expected a mapping with name and recipe/overrides, got {entry!r}")
+            errors.append(f"runs[{i}]: expected a mapping with name and recipe/overrides, got {entry!r}")
             continue
-        _unknown(entry, RUN_KEYS, f"{where}.", errors)
+        _unknown(entry, RUN_KEYS, f"runs[{i}].", errors)
+        expanded += [(i, e) for e in _expand_grid(entry, f"runs[{i}]", errors)]
+    for i, entry in expanded:
+        where = f"runs[{i}]"
         run_name = entry.get("name")
         if not isinstance(run_name, str) or not NAME.fullmatch(run_name):
             errors.append(f"{where}.name: expected a folder-safe name (letters, digits, . _ -), got {run_name!r}")
@@ -239,7 +317,7 @@ def load_spec(path: str | Path) -> BenchSpec:
         where = f"runs[{i}] ({run_name})"
         if any(r.name == run_name for r in runs):
             errors.append(f"{where}.name: '{run_name}' is used by another run; run names must be unique")
-        spec = RunSpec(run_name)
+        spec = RunSpec(run_name, index=i)
         if entry.get("recipe") is not None:
             try:
                 find_recipe(str(entry["recipe"]))
@@ -259,7 +337,7 @@ def load_spec(path: str | Path) -> BenchSpec:
                     errors.append(f"{where}.{key}: expected a component name, got {entry[key]!r}")
                 else:
                     spec.choices[cfg_path] = entry[key]
-        spec.overrides = _strings(entry.get("overrides"), f"{where}.overrides", errors)
+        spec.overrides = _strings(entry.get("overrides"), f"{where}.overrides", errors) + entry.get("grid", [])
         for o in spec.overrides:
             if shared := _touches(o, SHARED_PATHS):
                 errors.append(f"{where}.overrides: '{o}' sets {shared}, which the benchmark sets for every run "
