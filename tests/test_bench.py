@@ -1,5 +1,5 @@
-"""`mmgen bench`: the smoke benchmark end to end, resuming, failures, launchers, spec errors (the report's
-arithmetic and formats: test_bench_report.py)."""
+"""`mmgen bench`: the smoke benchmark end to end, resuming, failures, launchers (the bench file's checks:
+test_bench_spec.py; the report's arithmetic and formats: test_bench_report.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from mmgen.bench import PARENT_ENV, LocalLauncher, Task, config_hash, identity, load_spec, make_plan
 from mmgen.cli.main import create_app
-from mmgen.errors import ConfigError, MMGenError
+from mmgen.errors import MMGenError
 from tests.conftest import REPO
+from tests.test_bench_spec import TINY_BENCH, write
 
 SMOKE = REPO / "configs" / "bench" / "smoke.yaml"
 RUNS = ["mmvae-s0", "mmvae-s1", "ebm-mmvae-s0", "ebm-mmvae-s1"]
@@ -302,80 +303,6 @@ def test_an_interrupted_benchmark_still_writes_its_report(tmp_path, monkeypatch)
     assert "| a | 0/2 |" in md and (tmp_path / "out" / "results.json").is_file()
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "b.yaml"
-    path.write_text(text)
-    return path
-
-
-def test_a_run_config_path_is_relative_to_the_bench_file(tmp_path, monkeypatch):
-    (tmp_path / "benches").mkdir()
-    (tmp_path / "benches" / "m.yaml").write_text("model: {latent_dim: 7}\n")
-    (tmp_path / "m.yaml").write_text("model: {latent_dim: 9}\n")  # same name in the working directory
-    bench = tmp_path / "benches" / "b.yaml"
-    bench.write_text("budget: {epochs: 1}\nruns: [{name: a, config: m.yaml}, {name: b, config: n.yaml}]\n")
-    (tmp_path / "n.yaml").write_text("model: {latent_dim: 5}\n")  # only in the working directory
-    monkeypatch.chdir(tmp_path)
-    runs = load_spec(bench).runs
-    assert Path(runs[0].config) == tmp_path / "benches" / "m.yaml"
-    assert Path(runs[1].config).resolve() == tmp_path / "n.yaml"
-
-
-def test_a_name_with_a_trailing_newline_is_not_folder_safe(tmp_path):
-    """The name pattern's "$" matched before a final newline: "t\\n" made a folder bench/t<newline>
-    and ended results.tex's comment line, putting its rest into the document."""
-    with pytest.raises(ConfigError) as err:
-        load_spec(write(tmp_path, 'name: "t\\n"\nbudget: {epochs: 1}\nruns: [{name: "a\\n", recipe: mmvae}]\n'))
-    assert [e.split(": ", 1)[1] for e in err.value.errors] == [
-        "name: expected a folder-safe name (letters, digits, . _ -), got 't\\n'",
-        "runs[0].name: expected a folder-safe name (letters, digits, . _ -), got 'a\\n'"]
-
-
-def test_spec_errors_name_their_key(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        load_spec(write(tmp_path, "seed: [0]\nruns: [{name: a, recipe: mvea, overrides: [train.epochs=3]}]\n"))
-    text = "\n".join(err.value.errors)
-    assert "seed: unknown key (did you mean 'seeds'?)" in text
-    assert "budget: missing" in text
-    assert "runs[0] (a).recipe: unknown recipe 'mvea' (did you mean 'mvae'?)" in text
-    assert "runs[0] (a).overrides: 'train.epochs=3' sets train.epochs" in text
-
-    spec = load_spec(write(tmp_path, "budget: {epochs: 1}\nevaluate: {metrics: [cross_coherense]}\n"
-                                     "runs: [{name: a, recipe: mmvae, overrides: [model.latent_dim=-1]}]\n"))
-    with pytest.raises(ConfigError) as err:
-        make_plan(spec, tmp_path / "out")
-    text = "\n".join(err.value.errors)
-    assert "runs[0] (a): model.latent_dim: must be > 0, got -1" in text
-    assert "evaluate.metrics: unknown metric 'cross_coherense' (did you mean 'cross_coherence'?)" in text
-    assert not (tmp_path / "out").exists()
-
-    for runs, problem in (("[]", "runs: empty"), ("{name: a, recipe: mmvae}", "runs: expected a list of runs, got a dict")):
-        with pytest.raises(ConfigError, match=problem):
-            load_spec(write(tmp_path, f"budget: {{epochs: 1}}\nruns: {runs}\n"))
-    result = invoke("bench", write(tmp_path, "budget: {steps: 3}\nruns: [{name: a, recipe: mmvae}]\n"))
-    assert result.exit_code == 2 and "budget.steps: unknown key (did you mean 'max_steps'?)" in result.output
-    spec = load_spec(write(tmp_path, "budget: {epochs: 1}\nruns: [{name: a, recipe: mmvae}]\n"))
-    with pytest.raises(MMGenError, match="--only b: no such run"):
-        make_plan(spec, tmp_path / "out", only=["b"])
-
-
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "bench").glob("*.yaml")))
-def test_every_bench_file_validates_in_a_dry_run(name, tmp_path):
-    result = invoke("bench", REPO / "configs" / "bench" / f"{name}.yaml", "--dry-run", "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    assert "run configs valid" in result.output and "mmgen train --config" in result.output
-    assert not (tmp_path / "out").exists()
-
-
-def test_dry_run_notes_a_data_folder_that_does_not_exist(tmp_path):
-    """A dry run reads no data; it said "valid" and every run then stopped at the data."""
-    for folder, noted in ((tmp_path / "nowhere", True), (tmp_path, False)):
-        bench = write(tmp_path, f"budget: {{epochs: 1}}\ndata: polymnist:{folder}\nruns: [{{name: a, recipe: mmvae}}]\n")
-        result = invoke("bench", bench, "--dry-run", "--out", tmp_path / "out")
-        assert result.exit_code == 0, result.output
-        assert (f"note: data.path {folder} does not exist here" in result.output) == noted, result.output
-
-
 def test_submitit_local_executor_runs_a_run(smoke, tmp_path):
     """The Slurm path (submitit), tested with submitit's local executor on one run to evaluate."""
     pytest.importorskip("submitit")
@@ -496,93 +423,6 @@ def test_slurm_launcher_without_submitit_says_how_to_install(tmp_path, monkeypat
 
     with pytest.raises(MMGenError, match=r"pip install 'mmgen\[slurm\]'"):
         make_launcher("slurm", plan, 1)
-
-
-TINY_BENCH = """budget: {max_steps: 2}
-data: {name: default, modalities: 2, train_size: 64, test_size: 32}
-evaluate: {metrics: [cross_coherence, nll]%s}
-report: %s
-runs: [{name: a, recipe: mmvae%s}]
-"""
-
-
-def plan_errors(tmp_path: Path, evaluate: str = "", report: str = "{}", run: str = "") -> list[str]:
-    """The errors ``make_plan`` reports for a tiny bench file (empty when it plans)."""
-    spec = load_spec(write(tmp_path, TINY_BENCH % (evaluate, report, run)))
-    try:
-        make_plan(spec, tmp_path / "out")
-    except ConfigError as exc:
-        return [e.split(": ", 1)[1] for e in exc.errors]  # without the file name
-    return []
-
-
-def test_columns_curves_cross_given_and_metric_options_are_checked_before_anything_runs(tmp_path):
-    errors = plan_errors(tmp_path, ", options: [nll.k=-1], columns: [cross_coherence/nosuch, nll/nll]",
-                         "{curves: [loss, objective/kl, nosuchstat], cross_given: [0, 7]}")
-    assert errors == [
-        "evaluate.options: nll.k: must be > 0, got -1",
-        "evaluate.columns[0]: 'cross_coherence/nosuch': metric 'cross_coherence' reports no 'nosuch'; it reports: "
-        "mean_1to1, mean_1to1_balanced, mean_by_size, mean_by_size_balanced, matrix_1to1, matrix_1to1_balanced, pairs, n_test",
-        "report.curves[2]: 'nosuchstat' is not a logged statistic; valid: loss, grad_norm, steps_per_s, time, "
-        "objective/<statistic>, prior/<statistic>, inference/<statistic>, or metric/key once the runs evaluate "
-        "during training (train.eval_every)",
-        "report.cross_given: modality 7 does not exist (the data has 2 modalities; valid: 0..1)",
-    ]
-    assert not (tmp_path / "out").exists()
-    result = invoke("bench", write(tmp_path, TINY_BENCH % ("", "{cross_given: 2}", "")), "--dry-run")
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "report.cross_given: modality 2 does not exist" in result.output
-    # What is valid still plans: list indices, every number of a metric, model statistics.
-    assert plan_errors(tmp_path, ", columns: [cross_coherence/mean_by_size/0, nll/*]",
-                       "{curves: [grad_norm, prior/loss, inference/chain/displacement], cross_given: [1]}") == []
-
-
-def test_column_indices_are_checked_against_the_number_of_modalities(tmp_path):
-    # The tiny bench has 2 modalities: mean_by_size has one entry (|S| = 1), the matrix is 2 x 2.
-    columns = ("cross_coherence/mean_by_size/0, cross_coherence/mean_by_size/7, cross_coherence/matrix_1to1/1/0, "
-               "cross_coherence/matrix_1to1/0/2, {key: cross_coherence/mean_by_size, label: by size}, nll/nll")
-    assert plan_errors(tmp_path, f", columns: [{columns}]") == [  # were empty columns, found after training
-        "evaluate.columns[1]: 'cross_coherence/mean_by_size/7': index 7 is out of range; "
-        "mean_by_size has 1 entry with 2 modalities (valid: 0..0)",
-        "evaluate.columns[3]: 'cross_coherence/matrix_1to1/0/2': index 2 is out of range; "
-        "matrix_1to1 is 2 x 2 with 2 modalities (valid: 0..1)",
-        "evaluate.columns[4]: 'cross_coherence/mean_by_size' is a list, not a number (mean_by_size has 1 entry "
-        "with 2 modalities); pick an entry: cross_coherence/mean_by_size/<0..0>",
-    ]
-    bench = write(tmp_path, TINY_BENCH % (", columns: [cross_coherence/mean_by_size/7]", "{}", ""))
-    result = invoke("bench", bench, "--dry-run")
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.strip().splitlines() == [
-        f"error: config: {bench}: evaluate.columns[0]: 'cross_coherence/mean_by_size/7': index 7 is out of range; "
-        "mean_by_size has 1 entry with 2 modalities (valid: 0..0)"]
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_metric_or_column_listed_twice_is_an_error(tmp_path):
-    """Both used to be accepted: the table then had every such column twice."""
-    with pytest.raises(ConfigError) as err:
-        load_spec(write(tmp_path, TINY_BENCH.replace("[cross_coherence, nll]", "[cross_coherence, nll, cross_coherence]")
-                        % ("", "{}", "")))
-    assert any("evaluate.metrics: 'cross_coherence' is listed twice" in e for e in err.value.errors)
-    assert plan_errors(tmp_path, ", columns: [nll/nll, cross_coherence/mean_1to1, nll/nll]") == [
-        "evaluate.columns[2]: 'nll/nll' is already a column; each column once"]
-
-
-def test_metric_curves_need_a_periodic_evaluation_of_that_metric(tmp_path):
-    periodic = ", overrides: [train.eval_every=1, 'train.eval_metrics=[joint_coherence]']"
-    assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherence]}", run=periodic) == []
-    assert plan_errors(tmp_path, report="{curves: [joint_coherence/coherenc]}", run=periodic) == [
-        "report.curves[0]: 'joint_coherence/coherenc': metric 'joint_coherence' reports no 'coherenc' "
-        "(did you mean 'coherence'?); it reports: coherence, n, agreed_class_counts"]
-    (error,) = plan_errors(tmp_path, report="{curves: [cross_coherence/mean_1to1]}", run=periodic)
-    assert error.startswith("report.curves[0]: 'cross_coherence/mean_1to1' is not a logged statistic")
-    assert error.endswith("or metric/key of a metric evaluated during training (joint_coherence)")
-
-
-def test_classifier_lr_must_be_finite(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        load_spec(write(tmp_path, "budget: {epochs: 1}\nevaluate: {classifiers: {lr: .inf}}\nruns: [{name: a}]\n"))
-    assert "evaluate.classifiers.lr: invalid value inf (expected a finite positive number)" in err.value.errors[0]
 
 
 def test_cross_given_is_checked_against_the_loaded_data_before_training(tmp_path, monkeypatch, capsys, plugins):
