@@ -127,6 +127,16 @@ def test_results_tex_escapes_what_the_default_font_encoding_sets_as_other_charac
     assert latex_escape("a_b & {c}") == r"a\_b \& \{c\}"
 
 
+def test_results_tex_sets_greek_letters_and_relations_as_math():
+    """pdflatex stopped at a label with a Greek letter ("Unicode character α not set up for use with LaTeX")."""
+    from mmgen.bench.report import latex_escape
+
+    assert latex_escape("β-ELBO, σ ≤ 1") == r"$\beta$-ELBO, $\sigma$ $\leq$ 1"
+    assert latex_escape("αβ ΛΑΣ ς") == r"$\alpha\beta$ $\Lambda A\Sigma$ $\varsigma$"  # a run of letters: one $...$
+    assert latex_escape("$ α") == r"\$ $\alpha$"  # an escaped $ stays out of the math
+    assert latex_escape("µ ± 2² é") == "µ ± 2² é"  # Latin-1: LaTeX's UTF-8 input has these
+
+
 def test_a_cells_std_has_the_decimals_of_its_mean():
     """A table cell is pasted into papers: "620.3 ± 4.245" mixed 1 and 3 decimals."""
     from mmgen.bench.report import Cell, fmt_cell

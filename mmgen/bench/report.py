@@ -13,7 +13,9 @@ import io
 import json
 import math
 import platform
+import re
 import subprocess
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -535,10 +537,45 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
+#: Characters LaTeX's text fonts lack, as math: arrows and relations a column label may use.
+_LATEX_MATH = {"→": r"\to", "←": r"\leftarrow", "↔": r"\leftrightarrow", "⇒": r"\Rightarrow", "↑": r"\uparrow",
+               "↓": r"\downarrow", "≤": r"\leq", "≥": r"\geq", "≈": r"\approx", "≠": r"\neq", "∞": r"\infty",
+               "∼": r"\sim", "∈": r"\in", "∂": r"\partial", "∇": r"\nabla", "√": r"\surd", "∑": r"\sum",
+               "∏": r"\prod", "−": "-", "ϵ": r"\epsilon", "ϑ": r"\vartheta", "ϕ": r"\phi", "ϱ": r"\varrho",
+               "ϖ": r"\varpi"}
+#: Greek capitals that look like Latin ones have no macro of their own.
+_GREEK_LATIN = {"alpha": "A", "beta": "B", "epsilon": "E", "zeta": "Z", "eta": "H", "iota": "I", "kappa": "K",
+                "mu": "M", "nu": "N", "omicron": "O", "rho": "P", "tau": "T", "chi": "X"}
+
+
+def _latex_math(ch: str) -> str | None:
+    """The math-mode TeX for a Greek letter or a symbol of :data:`_LATEX_MATH` (None for other characters)."""
+    if ch in _LATEX_MATH:
+        return _LATEX_MATH[ch]
+    match = re.fullmatch(r"GREEK (SMALL|CAPITAL) LETTER (FINAL )?([A-Z]+)", unicodedata.name(ch, ""))
+    if not match:
+        return None
+    letter = {"lamda": "lambda"}.get(match[3].lower(), match[3].lower())
+    if match[1] == "CAPITAL":
+        return _GREEK_LATIN.get(letter, "\\" + letter.capitalize())
+    return "o" if letter == "omicron" else "\\varsigma" if match[2] else "\\" + letter
+
+
 def latex_escape(text: str) -> str:
-    """``text`` as LaTeX text (its special characters escaped; the arrows and → as math)."""
-    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-    return out.replace("→", r"$\to$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+    """``text`` as LaTeX text: its special characters escaped; Greek letters, arrows and relations
+    (→, ≤, ...), which the text fonts lack, as math. Other characters pass as they are (LaTeX
+    reads UTF-8 and sets Latin-1's own, ±, ² and é included)."""
+    out, maths = [], []  # maths: the current run of math characters, set as one $...$
+    for ch in [*text, ""]:
+        tex = _latex_math(ch) if ch else None
+        if tex:
+            maths.append(tex if not (maths and maths[-1][-1].isalpha() and tex[0].isalpha()) else " " + tex)
+            continue
+        if maths:
+            out.append("$" + "".join(maths) + "$")
+            maths = []
+        out.append(_LATEX_SPECIAL.get(ch, ch))
+    return "".join(out)
 
 
 def _latex_cell(cell: Cell, bold: bool) -> str:
