@@ -17,7 +17,9 @@ from mmgen.cli.common import err_console, out_console, user_errors
 
 @user_errors
 def bench(
-    file: Annotated[Path, typer.Argument(help="A bench file (YAML): runs, seeds, data, budget, evaluation; see docs/bench.md.")],
+    file: Annotated[Path, typer.Argument(help="A bench file (YAML): runs (an entry listing several components or "
+                                              "grid values is one run per combination), seeds, data, budget, "
+                                              "evaluation; see docs/bench.md.")],
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only these runs (NAME, NAME-sSEED or a glob; repeatable). The report still covers every run.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate every run's config and print the plan; start nothing.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once on this machine (one per GPU when several are visible).")] = 1,
