@@ -160,7 +160,7 @@ def _expand_grid(entry: dict[str, Any], where: str, errors: list[str]) -> list[d
     (in the order written, the last key varying fastest), each named by filling the ``{key}``
     placeholders of the entry's name (``{agg}``; a grid path in full or by its last part, ``{steps}``)
     and given its grid values as overrides after the entry's own."""
-    name = entry.get("name")
+    name, before = entry.get("name"), len(errors)
     axes: dict[str, tuple[str | None, list[Any]]] = {}  # placeholder -> (config path of a grid key, values)
     grid = entry.get("grid")
     if grid is not None and (not isinstance(grid, dict) or not grid):
@@ -185,12 +185,14 @@ def _expand_grid(entry: dict[str, Any], where: str, errors: list[str]) -> list[d
                           f"(use data:, budget: or seeds:)")
         else:
             axes[path] = (path, values)
+    if len(errors) > before:
+        return []  # a malformed list: its error says so
     plain = {k: v for k, v in entry.items() if k != "grid"}
     if not isinstance(name, str):
         return [plain]  # the name's own check says what is wrong
     used = PLACEHOLDER.findall(name)
     if not axes:
-        if used and not lists:
+        if used:
             errors.append(f"{where}.name: '{name}' has placeholders but the run has no lists to fill them; {GRID_EXAMPLE}")
         return [] if used else [plain]
     tails = [p.rsplit(".", 1)[-1] for p in axes]
@@ -205,7 +207,7 @@ def _expand_grid(entry: dict[str, Any], where: str, errors: list[str]) -> list[d
         hint = "-".join("{" + next(a for a in aliases if aliases[a] == k) + "}" for k in unnamed)
         errors.append(f"{where}.name: '{name}' would give its {math.prod(len(v) for _, v in axes.values())} runs "
                       f"the same name; put {hint} in it, e.g. '{PLACEHOLDER.sub('', name).strip('-_.') or 'run'}-{hint}'")
-    if any(e.startswith(f"{where}.") for e in errors):
+    if len(errors) > before:
         return []
     runs = []
     for combo in itertools.product(*(values for _, values in axes.values())):
