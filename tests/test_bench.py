@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def test_smoke_benchmark_writes_every_output(smoke):
         assert math.isclose(cell["std"], math.sqrt(sum((v - mean) ** 2 for v in values)), abs_tol=1e-12)
     assert "cross coherence 1→1" in (out / "results.md").read_text()
     assert "mmgen bench smoke" in output and "finished ebm-mmvae-s1" in output
+    # Each ended run says how far the benchmark is: runs ended of those to run.
+    assert sorted(re.findall(r"\[(\d)/4 in \d+ min\]", output)) == ["1", "2", "3", "4"], output
 
 
 def test_rerun_skips_finished_runs_and_redoes_only_what_changed(smoke, tmp_path):

@@ -300,13 +300,20 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
         stage(plan, p)
     by_label = {p.id: p for p in todo}
 
+    start = time.monotonic()
+
+    def count() -> str:
+        """How far the benchmark is: runs ended of those to run, and the time since the first started."""
+        return f" [{len(outcome)}/{len(todo)} in {(time.monotonic() - start) / 60:.0f} min]"
+
     def done(task: Task, code: int, interrupted: bool = False) -> None:
         p = by_label[task.label]
         state = read_state(p.run_dir) or {}
         if code == 0 and state.get("status") == "finished":
             t = state.get("times", {})
             outcome[p.id] = "finished"
-            console.print(f"[green]finished[/] {p.id} (train {t.get('train_s', 0):.0f} s, eval {t.get('eval_s', 0):.0f} s)")
+            console.print(f"[green]finished[/] {p.id} (train {t.get('train_s', 0):.0f} s, eval {t.get('eval_s', 0):.0f} s)"
+                          + count())
         elif interrupted:  # Ctrl-C or kill stopped the benchmark, and the launcher this run: not its failure
             was = state.get("status")  # "failed" when the worker saw the Ctrl-C itself first
             reason = f"stopped while {was if was in ('queued', 'training', 'evaluating') else 'running'}; " \
@@ -314,7 +321,7 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
             state.update(status="interrupted", error=reason)
             write_state(p.run_dir, state)
             outcome[p.id] = f"interrupted: {reason}"
-            console.print(f"[yellow]interrupted[/] {p.id}: {reason} (log {p.run_dir / LOG_FILE})")
+            console.print(f"[yellow]interrupted[/] {p.id}: {reason} (log {p.run_dir / LOG_FILE})" + count())
         else:
             reason = state.get("error") if state.get("status") == "failed" else None
             if reason is None and code < 0:
@@ -324,7 +331,7 @@ def _execute(plan: Plan, todo: list[PlannedRun], launcher: LocalLauncher | Submi
                 state.update(status="failed", error=reason)
                 write_state(p.run_dir, state)
             outcome[p.id] = f"failed: {reason}"
-            console.print(f"[red]failed[/] {p.id}: {reason} (log {p.run_dir / LOG_FILE})")
+            console.print(f"[red]failed[/] {p.id}: {reason} (log {p.run_dir / LOG_FILE})" + count())
 
     tasks = [Task(p.id, execute_run, (str(p.run_dir.resolve()),), p.run_dir / LOG_FILE) for p in todo]
     launcher.run(tasks, started, done)
