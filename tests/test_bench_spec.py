@@ -226,6 +226,31 @@ def test_columns_curves_cross_given_and_metric_options_are_checked_before_anythi
                        "{curves: [grad_norm, prior/loss, inference/chain/displacement], cross_given: [1]}") == []
 
 
+def test_a_plugin_metric_says_which_way_is_better_and_which_numbers_head_the_table(tmp_path):
+    # The engine knows no metric by name: a plugin metric's Metric.better and Metric.headlines make
+    # its default columns and arrows, as the built-in fd's and nll's do (smaller is better).
+    (tmp_path / "run.yaml").write_text("plugins: [tests.plugins.metric_plugin]\n")
+    bench = write(tmp_path, """budget: {max_steps: 2}
+data: {name: default, modalities: 2, train_size: 64, test_size: 32}
+evaluate: {metrics: [test_rec_error, test_unordered, fd, nll, cross_coherence]}
+runs: [{name: a, recipe: mmvae, config: run.yaml}]
+""")
+    plan = make_plan(load_spec(bench), tmp_path / "out")
+    assert [(c.key, c.label, c.better) for c in plan.columns] == [
+        ("test_rec_error/mean", "rec. error", "lower"),
+        ("test_unordered/*", "test_unordered", "higher"),
+        ("fd/unconditional_mean", "FD joint", "lower"), ("fd/conditional_mean", "FD cross", "lower"),
+        ("nll/nll", "NLL", "lower"),
+        ("cross_coherence/mean_1to1", "cross coherence 1→1", "higher"),
+    ]
+    # A column the file names takes the metric's direction unless it says otherwise.
+    text = bench.read_text().replace("cross_coherence]}", "cross_coherence], columns: [test_rec_error/per_modality/1, "
+                                     "{key: test_rec_error/mean, better: higher}]}")
+    plan = make_plan(load_spec(write(tmp_path, text)), tmp_path / "out")
+    assert [(c.key, c.better) for c in plan.columns] == [("test_rec_error/per_modality/1", "lower"),
+                                                         ("test_rec_error/mean", "higher")]
+
+
 def test_column_indices_are_checked_against_the_number_of_modalities(tmp_path):
     # The tiny bench has 2 modalities: mean_by_size has one entry (|S| = 1), the matrix is 2 x 2.
     columns = ("cross_coherence/mean_by_size/0, cross_coherence/mean_by_size/7, cross_coherence/matrix_1to1/1/0, "

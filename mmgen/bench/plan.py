@@ -233,7 +233,8 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
     Raises :class:`ConfigError` with every problem (each naming the run and the key) before
     anything is written.
     """
-    from mmgen.evaluation import build_metrics, check_metric_names, metric_outputs, parse_metric_names
+    from mmgen.evaluation import (build_metrics, check_metric_names, metric_outputs, metric_presentation,
+                                  parse_metric_names)
     from mmgen.plugins import create_plugin_manager
 
     bench_dir = Path(bench_dir)
@@ -276,7 +277,14 @@ def make_plan(spec: BenchSpec, bench_dir: str | Path, only: Sequence[str] = ()) 
             errors.append(f"{spec.path}: evaluate.options: {exc}")
     known = set(registry.names("metric"))
     outputs = {m: metric_outputs(registry, m) for m in metrics if m in known}
-    columns, column_errors = parse_columns(spec.evaluate["columns"], metrics, outputs=outputs)
+    presentation = {}
+    for m in metrics:
+        if m in known:
+            try:
+                presentation[m] = metric_presentation(registry, m)
+            except MMGenError as exc:
+                errors.append(f"{spec.path}: evaluate.metrics: {exc}")
+    columns, column_errors = parse_columns(spec.evaluate["columns"], metrics, outputs=outputs, presentation=presentation)
     errors += [f"{spec.path}: {e}" for e in column_errors]
     configs = [cfg for runs in resolved.values() for _, cfg, _ in runs]
     periodic = {m: metric_outputs(registry, m) for cfg in configs if cfg["train"]["eval_every"]

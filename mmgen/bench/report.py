@@ -24,17 +24,6 @@ from typing import Any
 
 from mmgen.errors import did_you_mean
 
-#: The number (or numbers) each built-in metric is best summarised by: metric -> [(key, label)].
-HEADLINES: dict[str, list[tuple[str, str]]] = {
-    "cross_coherence": [("mean_1to1", "cross coherence 1→1")],
-    "joint_coherence": [("coherence", "joint coherence")],
-    "fd": [("unconditional_mean", "FD joint"), ("conditional_mean", "FD cross")],
-    "fid": [("unconditional_mean", "FID joint"), ("conditional_mean", "FID cross")],
-    "probe": [("accuracy", "latent probe")],
-    "nll": [("nll", "NLL")],
-}
-#: Metrics where a smaller number is better (distances, negative log-likelihoods).
-LOWER_IS_BETTER = {"fd", "fid", "nll"}
 #: What every logged training step records besides the model's statistics (mmgen.train).
 LOOP_STATS = ("loss", "grad_norm", "steps_per_s", "time")
 #: The model's statistics are namespaced by component kind (mmgen.model.MultimodalModel.forward);
@@ -63,26 +52,34 @@ class Column:
         return "↑" if self.better == "higher" else "↓"
 
 
-def default_columns(metrics: Sequence[str]) -> list[Column]:
-    """The headline numbers of ``metrics`` (every registered metric without a headline: ``metric/*``)."""
+#: How a metric is shown: its headline ``(key, label)`` pairs and which way is better
+#: (:attr:`mmgen.evaluation.Metric.headlines` and ``better``, read by ``metric_presentation``).
+Presentation = tuple[Sequence[tuple[str, str]], str]
+
+
+def default_columns(metrics: Sequence[str], presentation: dict[str, Presentation] | None = None) -> list[Column]:
+    """The headline numbers of ``metrics`` (a metric without headlines: ``metric/*``, every number it reports)."""
     columns = []
     for metric in metrics:
-        better = "lower" if metric in LOWER_IS_BETTER else "higher"
-        for key, label in HEADLINES.get(metric, [("*", metric)]):
+        headlines, better = (presentation or {}).get(metric, ((), "higher"))
+        for key, label in headlines or [("*", metric)]:
             columns.append(Column(f"{metric}/{key}", label, better))
     return columns
 
 
 def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.columns",
-                  outputs: dict[str, Sequence[str]] | None = None) -> tuple[list[Column], list[str]]:
+                  outputs: dict[str, Sequence[str]] | None = None,
+                  presentation: dict[str, Presentation] | None = None) -> tuple[list[Column], list[str]]:
     """Columns from a bench file: ``metric/key`` strings or ``{key, label, better}`` mappings.
 
     ``outputs`` maps a metric to the keys it declares (:attr:`mmgen.evaluation.Metric.outputs`):
     a column naming another key of that metric is an error, since it could only ever be empty.
+    ``presentation`` maps a metric to its headlines and direction (``metric_presentation``): the
+    default columns, and a column's direction when the file does not say ``better:``.
     Returns the columns and one error line per bad entry (each naming its position).
     """
     if items is None:
-        return default_columns(metrics), []
+        return default_columns(metrics, presentation), []
     if not isinstance(items, list) or not items:
         return [], [f"{where}: expected a non-empty list of metric/key names, got {items!r}"]
     columns, errors = [], []
@@ -103,7 +100,7 @@ def parse_columns(items: Any, metrics: Sequence[str], where: str = "evaluate.col
         if error := _unreported(key, (outputs or {}).get(metric, ())):
             errors.append(f"{where}[{i}]: {error}")
             continue
-        better = spec.get("better", "lower" if metric in LOWER_IS_BETTER else "higher")
+        better = spec.get("better", (presentation or {}).get(metric, ((), "higher"))[1])
         if better not in ("higher", "lower"):
             errors.append(f"{where}[{i}].better: invalid value {better!r}; valid: higher, lower")
             continue

@@ -46,6 +46,12 @@ class Metric(abc.ABC):
     #: The keys ``__call__`` may return, so that a bench file's table columns and curves are
     #: checked before anything runs; empty (not declared): any key is accepted.
     outputs: tuple[str, ...] = ()
+    #: Whether a larger (``"higher"``) or a smaller (``"lower"``: distances, errors, NLLs) number
+    #: is better: a bench table's arrow and which mean it bolds.
+    better: str = "higher"
+    #: A bench table's default columns for this metric, ``(key, label)`` pairs (``key`` may index
+    #: a list: ``mean_by_size/0``); empty: every single number the metric reports.
+    headlines: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def output_shapes(cls, num_modalities: int) -> dict[str, tuple[int, ...]]:

@@ -46,6 +46,19 @@ def metric_outputs(registry: Registry, name: str) -> tuple[str, ...]:
     return tuple(getattr(registry.get("metric", name).factory, "outputs", ()) or ())
 
 
+def metric_presentation(registry: Registry, name: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    """How a bench table shows metric ``name``: its headline ``(key, label)`` pairs
+    (:attr:`Metric.headlines`; empty: every number it reports) and which way is better
+    (:attr:`Metric.better`)."""
+    factory = registry.get("metric", name).factory
+    headlines = tuple((str(k), str(label)) for k, label in (getattr(factory, "headlines", ()) or ()))
+    better = getattr(factory, "better", "higher")
+    if better not in ("higher", "lower"):
+        raise MMGenError(f"metric '{name}' (plugin '{registry.get('metric', name).plugin}'): better must be "
+                         f"'higher' or 'lower', got {better!r}")
+    return headlines, better
+
+
 def metric_output_shapes(registry: Registry, name: str, num_modalities: int) -> dict[str, tuple[int, ...]]:
     """The lengths of metric ``name``'s list-valued outputs with ``num_modalities`` modalities
     (:meth:`Metric.output_shapes`; empty: not declared)."""

@@ -23,6 +23,7 @@ class CrossCoherence(Metric):
     """
 
     name = "cross_coherence"
+    headlines = (("mean_1to1", "cross coherence 1→1"),)
     outputs = ("mean_1to1", "mean_1to1_balanced", "mean_by_size", "mean_by_size_balanced", "matrix_1to1",
                "matrix_1to1_balanced", "pairs", "n_test")
 
@@ -75,6 +76,7 @@ class JointCoherence(Metric):
     """
 
     name = "joint_coherence"
+    headlines = (("coherence", "joint coherence"),)
     outputs = ("coherence", "n", "agreed_class_counts")
 
     def __init__(self, cfg: None = None):

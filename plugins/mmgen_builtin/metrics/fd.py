@@ -30,6 +30,8 @@ class FrechetDistance(Metric):
     """
 
     name = "fd"
+    better = "lower"
+    headlines = (("unconditional_mean", "FD joint"), ("conditional_mean", "FD cross"))
     outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "conditional_by_size",
                "n_generated", "n_real")
 

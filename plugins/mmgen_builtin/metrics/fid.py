@@ -232,6 +232,8 @@ class InceptionFID(Metric):
 
     name = "fid"
     requires_classifiers = False
+    better = "lower"
+    headlines = (("unconditional_mean", "FID joint"), ("conditional_mean", "FID cross"))
     outputs = ("unconditional", "unconditional_mean", "conditional", "conditional_mean", "n_generated", "n_real",
                "network")
 

@@ -67,6 +67,8 @@ class ImportanceSampledNLL(Metric):
     """Mean over test tuples of -log p(x_1..x_M), K importance samples from q(z, w | x)."""
 
     name = "nll"
+    better = "lower"
+    headlines = (("nll", "NLL"),)
     outputs = ("nll", "nll_sem", "k", "n_test", "log_z", "normalized")
     requires_classifiers = False
 

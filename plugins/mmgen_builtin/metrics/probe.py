@@ -68,6 +68,7 @@ class LatentProbe(Metric):
     """Test accuracy of a logistic-regression probe on the posterior mean of z (amortized encoder)."""
 
     name = "probe"
+    headlines = (("accuracy", "latent probe"),)
     outputs = ("accuracy", "balanced_accuracy", "per_modality", "per_modality_balanced", "n_train", "n_test")
     requires_classifiers = False
 
