@@ -42,6 +42,14 @@ class MMGenWarning(RuntimeWarning):
     prints it as one ``warning:`` line."""
 
 
+class PluginError(MMGenError):
+    """A plugin's code failed or broke its component's contract (an exception raised in it, an
+    output of the wrong type or shape): the message names the plugin and where. Exit code 1: a
+    bug to fix in the plugin, not an input to change."""
+
+    exit_code = 1
+
+
 class CheckpointError(MMGenError):
     """A checkpoint cannot be read or does not match the installed components."""
 

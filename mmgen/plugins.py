@@ -26,6 +26,13 @@ DISABLE_ENV = "MMGEN_DISABLE_PLUGINS"
 BUILTIN = "builtin"  # the built-in components' entry point, loaded first
 
 
+#: The module of every third-party plugin loaded in this process -> its plugin name, so that an
+#: exception raised in a plugin's code (or its submodules') can name the plugin (:func:`blame`).
+#: The built-in plugin is left out: an exception in its code is mmgen's own bug, with a traceback.
+_PLUGIN_MODULES: dict[str, str] = {}
+TRACEBACK_ENV = "MMGEN_TRACEBACK"
+
+
 class PluginWarning(UserWarning):
     """A plugin could not be loaded; everything else keeps working."""
 
@@ -85,6 +92,8 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
         except (pluggy.PluginValidationError, ValueError) as exc:
             fail(name, str(exc))
             return False
+        if name != BUILTIN:
+            _PLUGIN_MODULES[module.__name__] = name
         return True
 
     if entry_points:
@@ -125,6 +134,48 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
         except MMGenError as exc:
             fail(name, str(exc))
     return Plugins(pm, registry, versions, broken)
+
+
+def _plugin_of_module(module: str) -> str | None:
+    for prefix, plugin in _PLUGIN_MODULES.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return plugin
+    return None
+
+
+def blame(exc: BaseException) -> PluginErrorLocation | None:
+    """Where in a third-party plugin's code ``exc`` was raised: the innermost frame of its
+    traceback (or of the exceptions it was raised from) that runs a loaded plugin's module;
+    ``None`` when no plugin code was running (mmgen's own or the built-in plugin's code)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb, found = exc.__traceback__, None
+        while tb is not None:
+            plugin = _plugin_of_module(str(tb.tb_frame.f_globals.get("__name__", "")))
+            if plugin is not None:
+                found = PluginErrorLocation(plugin, tb.tb_frame.f_code.co_filename, tb.tb_lineno,
+                                            tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        if found is not None:
+            return found
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@dataclass(frozen=True)
+class PluginErrorLocation:
+    """The plugin, file, line and function an exception was raised in (:func:`blame`)."""
+
+    plugin: str
+    file: str
+    line: int
+    function: str
+
+    def describe(self, exc: BaseException) -> str:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return (f"plugin '{self.plugin}' failed: {type(exc).__name__}{': ' + first if first else ''} "
+                f"(in {self.function}, {self.file}:{self.line}); set {TRACEBACK_ENV}=1 for the traceback")
 
 
 def _components_of(pm: pluggy.PluginManager, name: str, version: str) -> Registry:

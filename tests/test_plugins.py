@@ -274,3 +274,34 @@ def test_engine_imports_no_builtin_component():
     code = f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\nprint('mmgen_builtin' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+FAULTY = "plugins=[tests.plugins.faulty_plugin]"
+
+
+def test_an_exception_in_a_plugins_code_is_one_line_naming_the_plugin(tiny_overrides, tmp_path, monkeypatch):
+    # A dataset factory (or any component) that raises in the plugin's own code: one line naming the
+    # plugin, the exception and the plugin's line, exit 1 -- not a traceback through mmgen's loop.
+    args = ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *tiny_overrides, FAULTY,
+            "data.name=faulty", "data.fault=raise"]
+    result = CliRunner().invoke(create_app(with_plugin_commands=False), args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("error: plugin 'tests.plugins.faulty_plugin' failed: RuntimeError: cannot parse the "
+                               "annotations (in faulty_dataset, ")
+    assert "faulty_plugin.py:" in lines[0] and lines[0].endswith("set MMGEN_TRACEBACK=1 for the traceback")
+    # A metric that raises during `mmgen evaluate`, the same way.
+    run = tmp_path / "ok"
+    ok = CliRunner().invoke(create_app(with_plugin_commands=False),
+                            ["train", "--out", str(run), "--max-steps", "1", *tiny_overrides, FAULTY])
+    assert ok.exit_code == 0, ok.output
+    result = CliRunner().invoke(create_app(with_plugin_commands=False),
+                                ["evaluate", str(run), "--metrics", "faulty", "faulty.fault=raise", "--no-figures"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error: plugin 'tests.plugins.faulty_plugin' failed: ZeroDivisionError: no test tuples (in __call__, " \
+        in result.output
+    # MMGEN_TRACEBACK=1 gives the plugin author the traceback instead.
+    monkeypatch.setenv("MMGEN_TRACEBACK", "1")
+    result = CliRunner().invoke(create_app(with_plugin_commands=False), [*args[:2], str(tmp_path / "run2"), *args[3:]])
+    assert isinstance(result.exception, RuntimeError) and "cannot parse" in str(result.exception)

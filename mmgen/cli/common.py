@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from mmgen.config import compose, resolve
 from mmgen.errors import ConfigError, DivergenceError, Interrupted, MMGenError, MMGenWarning, RunExists
-from mmgen.plugins import Plugins, create_plugin_manager
+from mmgen.plugins import TRACEBACK_ENV, Plugins, blame, create_plugin_manager
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -133,7 +133,10 @@ def said_by_another_process() -> bool:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2.
+    """Run a command; an :class:`MMGenError` prints one clear message (no traceback), exit 2
+    (:class:`mmgen.errors.PluginError`: 1). An exception raised in a third-party plugin's code
+    prints one line naming the plugin, the exception and where (exit 1; ``MMGEN_TRACEBACK=1``
+    shows the traceback instead).
 
     In a multi-process launch, an error every process meets alike (the config, an --out that holds a
     run, a divergence the processes agree on, an interrupt) is said once, by rank 0; the others exit with its code."""
@@ -161,6 +164,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # an unwritable --out, a path under a file, a full disk, ...
             where = f"{exc.filename}: " if exc.filename else ""
             raise fail(f"{where}{exc.strerror or exc}") from None
+        except Exception as exc:  # a bug: in a third-party plugin's code, one line naming it
+            location = None if os.environ.get(TRACEBACK_ENV) else blame(exc)
+            if location is None:
+                raise  # mmgen's own (or the built-in plugin's) bug: the traceback is what helps
+            raise fail(location.describe(exc), 1) from None
 
     return wrapper
 
