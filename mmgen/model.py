@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from mmgen import distributions as dist
 from mmgen.config import component_config
 from mmgen.data import Batch, ModalitySpec, format_shape
-from mmgen.errors import MMGenError
-from mmgen.latent import Aggregator, Inference, Objective, Posterior, Prior, PrivatePosterior
+from mmgen.errors import MMGenError, PluginError
+from mmgen.latent import (Aggregator, Inference, InferenceResult, Objective, ObjectiveResult, Posterior, Prior,
+                          PrivatePosterior)
 from mmgen.registry import Registry
 
 
@@ -251,6 +252,68 @@ def _probe(net: nn.Module, x: Tensor, failure: str) -> Any:
         net.train(was_training)
 
 
+def _describe(value: Any) -> str:
+    """What a component returned, for a contract message: ``a tensor of shape 4 x 3``, ``a list``, ..."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {format_shape(tuple(value.shape)) or '() (a scalar)'}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(_describe(v) for v in value)})"
+    return f"a {type(value).__name__}"
+
+
+def _is_tensor(value: Any, shape: tuple[int, ...]) -> bool:
+    return isinstance(value, Tensor) and tuple(value.shape) == shape
+
+
+def check_component_outputs(model: MultimodalModel, batch: Batch) -> None:
+    """Call the aggregator, prior, objective and inference method once on ``batch`` (on the
+    device, floats) and check what each returns against its kind's contract (docs/plugins.md), so
+    that a component returning the wrong type or shape is reported as one line naming it and its
+    plugin, not as a tensor error deep in another component or in the training loop. Consumes
+    random numbers: callers that must not perturb a run's stream fork it."""
+    b, d, m = len(batch), model.latent_dim, model.num_modalities
+
+    def who(kind: str) -> str:
+        comp = getattr(model, kind)
+        plugin = getattr(comp, "registry_plugin", None)
+        return f"model.{kind}: {kind} '{model.component_name(kind)}'" + (f" (plugin '{plugin}')" if plugin else "")
+
+    agg = model.aggregator
+    c = agg.cover.size(0)
+    like = batch.x[0]
+    loc = torch.zeros(b, m, d, device=like.device, dtype=like.dtype)
+    experts = agg.cover.unsqueeze(0) & batch.mask.unsqueeze(1)
+    out = agg.combine(loc, torch.ones_like(loc), experts)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(_is_tensor(t, (b, c, d)) for t in out)):
+        raise PluginError(f"{who('aggregator')}: combine must return (loc, scale), each {b} x {c} x {d} (batch x "
+                          f"components x latent) for {b} samples, {c} component{'s' if c != 1 else ''} and latent_dim {d}; got {_describe(out)}")
+    prior = model.prior
+    z = prior.sample(b, like.device)
+    if not _is_tensor(z, (b, d)):
+        raise PluginError(f"{who('prior')}: sample({b}) must return a {b} x {d} tensor (latent_dim {d}); got {_describe(z)}")
+    for lead in ((b,), (2, b)):
+        log_prob = prior.log_prob(z.expand(*lead, d))
+        if not _is_tensor(log_prob, lead):
+            raise PluginError(f"{who('prior')}: log_prob of {format_shape((*lead, d))} latents must return "
+                              f"{format_shape(lead)} values (summed over the last dim); got {_describe(log_prob)}")
+    result = model.objective(model, batch)
+    if not isinstance(result, ObjectiveResult):
+        raise PluginError(f"{who('objective')}: forward must return an mmgen.latent.ObjectiveResult; got {_describe(result)}")
+    if not _is_tensor(result.loss, ()):
+        raise PluginError(f"{who('objective')}: ObjectiveResult.loss must be a scalar tensor; got {_describe(result.loss)}")
+    if not isinstance(result.posterior, Posterior):
+        raise PluginError(f"{who('objective')}: ObjectiveResult.posterior must be the mmgen.latent.Posterior it encoded "
+                          f"(model.encode gives it); got {_describe(result.posterior)}")
+    w = None
+    if result.private is not None:
+        w = dist.rsample(result.private.family, result.private.loc, result.private.scale, 1)[0]
+    refined = model.inference.refine(model, result.posterior.sample(1)[0], batch, batch.mask, w)
+    if not isinstance(refined, InferenceResult):
+        raise PluginError(f"{who('inference')}: refine must return an mmgen.latent.InferenceResult; got {_describe(refined)}")
+    if not _is_tensor(refined.z, (b, d)):
+        raise PluginError(f"{who('inference')}: InferenceResult.z must be {b} x {d} (batch x latent); got {_describe(refined.z)}")
+
+
 def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[ModalitySpec]) -> MultimodalModel:
     """Assemble the model a resolved config describes; builders receive their collaborators."""
     mcfg = cfg["model"]
@@ -259,11 +322,13 @@ def build_model(cfg: dict[str, Any], registry: Registry, modalities: list[Modali
 
     def build(kind: str, section: str, *args: Any) -> Any:
         sec = mcfg[section]
+        component = registry.get(kind, sec["name"])
         try:
-            built = registry.get(kind, sec["name"]).factory(component_config(registry, kind, sec), *args)
+            built = component.factory(component_config(registry, kind, sec), *args)
         except ValueError as exc:  # what a config alone cannot tell, e.g. a setting too large for the data's shape
             raise MMGenError(f"model.{section}: {exc}") from exc
         built.registry_name = sec["name"]  # reports name the component as the config does
+        built.registry_plugin = component.plugin
         return built
 
     encoders = [build("encoder", "encoder", spec.shape, d + w) for spec in modalities]

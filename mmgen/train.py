@@ -30,7 +30,7 @@ from mmgen.data import EpochBatches, ModalitySpec, MultimodalDataset, format_sha
 from mmgen.errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MMGenError, RunExists
 from mmgen.figures import save_grid
 from mmgen.finite import FiniteGuard, _Pending, nonfinite_report
-from mmgen.model import MultimodalModel, build_model
+from mmgen.model import MultimodalModel, build_model, check_component_outputs
 from mmgen.plugins import Plugins
 from mmgen.run import component_plugins
 
@@ -332,6 +332,9 @@ def train(cfg: dict[str, Any], plugins: Plugins, run_dir: Path | None = None, re
         # Sanity forward pass before the first step: a shape or config problem surfaces in seconds.
         with torch.no_grad():
             probe = train_set.batch(torch.arange(min(4, len(train_set)))).to(device)
+            cuda = [probe.mask.device.index or 0] if probe.mask.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # the run's random stream stays as it was
+                check_component_outputs(core, probe)  # a wrong type or shape: one line naming the component
             out = core(probe)
             if not torch.isfinite(out.loss):  # name the component and statistic, as the loop's guard does
                 report = nonfinite_report(core, _Pending(0, 0, torch.isfinite(out.loss), out.stats, out.loss,

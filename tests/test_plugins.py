@@ -305,3 +305,48 @@ def test_an_exception_in_a_plugins_code_is_one_line_naming_the_plugin(tiny_overr
     monkeypatch.setenv("MMGEN_TRACEBACK", "1")
     result = CliRunner().invoke(create_app(with_plugin_commands=False), [*args[:2], str(tmp_path / "run2"), *args[3:]])
     assert isinstance(result.exception, RuntimeError) and "cannot parse" in str(result.exception)
+
+
+@pytest.mark.parametrize("choice, message", [
+    ("model.aggregator.name=faulty model.posterior_family=gaussian model.aggregator.fault=not_tuple",
+     "model.aggregator: aggregator 'faulty' (plugin 'tests.plugins.faulty_plugin'): combine must return (loc, scale), "
+     "each 4 x 1 x 4 (batch x components x latent) for 4 samples, 1 component and latent_dim 4; got a tensor of shape 4 x 1 x 4"),
+    ("model.aggregator.name=faulty model.posterior_family=gaussian model.aggregator.fault=shape",
+     "combine must return (loc, scale), each 4 x 1 x 4 (batch x components x latent) for 4 samples, 1 component and "
+     "latent_dim 4; got a tuple of 2: (a tensor of shape 4 x 1 x 1, a tensor of shape 4 x 1 x 4)"),
+    ("model.prior.name=faulty model.prior.fault=sample_shape",
+     "model.prior: prior 'faulty' (plugin 'tests.plugins.faulty_plugin'): sample(4) must return a 4 x 4 tensor "
+     "(latent_dim 4); got a tensor of shape 4 x 1"),
+    ("model.prior.name=faulty model.prior.fault=log_prob_shape",
+     "log_prob of 4 x 4 latents must return 4 values (summed over the last dim); got a tensor of shape 4 x 1"),
+    ("model.objective.name=faulty model.objective.fault=not_result",
+     "model.objective: objective 'faulty' (plugin 'tests.plugins.faulty_plugin'): forward must return an "
+     "mmgen.latent.ObjectiveResult; got a tensor of shape () (a scalar)"),
+    ("model.objective.name=faulty model.objective.fault=loss_shape",
+     "ObjectiveResult.loss must be a scalar tensor; got a tensor of shape 3"),
+    ("model.inference.name=faulty model.inference.fault=not_result",
+     "model.inference: inference 'faulty' (plugin 'tests.plugins.faulty_plugin'): refine must return an "
+     "mmgen.latent.InferenceResult; got a tensor of shape 4 x 4"),
+    ("model.inference.name=faulty model.inference.fault=shape",
+     "InferenceResult.z must be 4 x 4 (batch x latent); got a tensor of shape 4 x 1"),
+])
+def test_a_component_breaking_its_contract_is_named_before_training(tiny_overrides, tmp_path, choice, message):
+    # Were tensor errors deep in another component (a decoder fed the prior's 4 x 1 samples), an
+    # AttributeError in the training loop, or a wrong shape silently broadcast through a whole run.
+    args = ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *tiny_overrides, FAULTY, *choice.split()]
+    result = CliRunner().invoke(create_app(with_plugin_commands=False), args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model.") and lines[0].endswith(message), lines
+
+
+def test_a_metric_returning_no_dict_is_named(tiny_overrides, tmp_path):
+    run = tmp_path / "run"
+    ok = CliRunner().invoke(create_app(with_plugin_commands=False),
+                            ["train", "--out", str(run), "--max-steps", "1", *tiny_overrides, FAULTY])
+    assert ok.exit_code == 0, ok.output
+    result = CliRunner().invoke(create_app(with_plugin_commands=False),
+                                ["evaluate", str(run), "--metrics", "faulty", "faulty.fault=not_dict", "--no-figures"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == ("error: metric 'faulty' (plugin 'tests.plugins.faulty_plugin') "
+                                                      "must return a dict of {key: value}; got a list")

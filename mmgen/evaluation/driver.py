@@ -21,7 +21,7 @@ from torch import Tensor
 from mmgen.checkpoint import atomic_write_text
 from mmgen.classifiers import ClassifierSet
 from mmgen.data import MultimodalDataset
-from mmgen.errors import MMGenError
+from mmgen.errors import MMGenError, PluginError
 from mmgen.evaluation.context import EvalContext
 from mmgen.evaluation.metric import Metric, MetricSkipped
 from mmgen.evaluation.selection import build_metrics
@@ -87,6 +87,10 @@ def evaluate(model: Any, train_set: MultimodalDataset, test_set: MultimodalDatas
                     results[metric.name] = metric(ctx)
                 except MetricSkipped as skip:
                     results[metric.name] = {"skipped": str(skip)}
+                if not isinstance(results[metric.name], dict):
+                    plugin = getattr(metric, "plugin", None)
+                    raise PluginError(f"metric '{metric.name}'" + (f" (plugin '{plugin}')" if plugin else "")
+                                      + f" must return a dict of {{key: value}}; got a {type(results[metric.name]).__name__}")
                 timings[metric.name] = round(time.perf_counter() - t0, 3)
             timings.update({k: round(v, 3) for k, v in ctx.timings.items()})
     finally:

@@ -97,8 +97,10 @@ def build_metrics(registry: Registry, names: Sequence[str], options: dict[str, d
         params = options.get(name) or {}
         if not isinstance(params, dict):
             raise MMGenError(f"metric options must look like {name}.key=value, got {name}={params!r}")
-        metric = registry.get("metric", name).factory(metric_config(registry, name, params))
+        component = registry.get("metric", name)
+        metric = component.factory(metric_config(registry, name, params))
         metric.name = name
+        metric.plugin = component.plugin
         metrics.append(metric)
     return metrics
 
