@@ -353,3 +353,27 @@ def test_a_metric_returning_no_dict_is_named(tiny_overrides, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == ("error: metric 'faulty' (plugin 'tests.plugins.faulty_plugin') "
                                                       "must return a dict of {key: value}; got a list")
+
+
+def test_a_plugin_commands_own_exit_passes_through_and_its_bug_is_one_line(monkeypatch, capsys):
+    """typer.Exit is a RuntimeError: raised in a plugin's code, it must keep its code, not become a
+    "plugin failed" line."""
+    import typer
+
+    from mmgen import plugins
+    from mmgen.cli.common import user_errors
+
+    monkeypatch.setitem(plugins._PLUGIN_MODULES, __name__, "this-test")  # this module's code counts as a plugin's
+
+    @user_errors
+    def command(stop: BaseException) -> None:
+        raise stop
+
+    with pytest.raises(typer.Exit) as stopped:
+        command(typer.Exit(3))
+    assert stopped.value.exit_code == 3 and capsys.readouterr().err == ""
+    with pytest.raises(typer.Exit) as stopped:
+        command(ValueError("bad"))
+    assert stopped.value.exit_code == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.startswith("error: plugin 'this-test' failed: ValueError: bad (in command, ")

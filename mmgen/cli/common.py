@@ -164,6 +164,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:  # an unwritable --out, a path under a file, a full disk, ...
             where = f"{exc.filename}: " if exc.filename else ""
             raise fail(f"{where}{exc.strerror or exc}") from None
+        except (typer.Exit, typer.Abort, _click.ClickException):
+            raise  # a command's own way to stop (a plugin's command's too): Typer handles it
         except Exception as exc:  # a bug: in a third-party plugin's code, one line naming it
             location = None if os.environ.get(TRACEBACK_ENV) else blame(exc)
             if location is None:
