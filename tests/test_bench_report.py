@@ -196,3 +196,29 @@ def test_a_column_null_in_every_finished_run_gets_a_note(tmp_path):
     for p in planned:
         p["eval_hash"] = "other"
     assert "notes" not in build_report({"name": "b"}, planned, columns)
+
+
+def test_a_line_chart_with_more_series_than_colours_dashes_the_later_ones(tmp_path):
+    """Series 0 and 10 of a 12-run grid were drawn in the same colour, style and marker."""
+    from PIL import Image
+
+    from mmgen.bench.plots import PALETTE, line_chart
+
+    # Twelve flat series; series 0 and 10 share a colour. 10 rows apart on a scale of 0..11.
+    series = {f"run-{i}": [(0.0, float(i)), (100.0, float(i))] for i in range(12)}
+    img = Image.open(line_chart(series, tmp_path / "lines.png", "t", "step", "loss")).convert("RGB")
+    colour, half = PALETTE[0], img.width // 2
+
+    def runs(y: int) -> list[int]:
+        """The lengths of the stretches of the series' colour along row y, left of the legend."""
+        out, n = [], 0
+        for x in range(img.width // 8, half):
+            if img.getpixel((x, y)) == colour:
+                n += 1
+            elif n:
+                out, n = out + [n], 0
+        return out + ([n] if n else [])
+
+    lines = [r for r in map(runs, range(img.height)) if sum(r) > half // 3]  # the rows the two series lie on
+    assert any(len(r) == 1 for r in lines), lines  # series 0: one unbroken line
+    assert any(len(r) > 10 and max(r) <= 10 for r in lines), lines  # series 10: 9-pixel dashes

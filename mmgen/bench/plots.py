@@ -18,6 +18,9 @@ from mmgen.figures import font as _font, text_size as _text_size
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+#: After every colour has been used once, a line chart's next series get dashes and another marker
+#: (a grid of runs easily has more series than colours): (dash, gap) in pixels (0: solid), marker.
+LINE_STYLES = [(0, 0, "circle"), (9, 5, "square"), (3, 4, "diamond")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +106,8 @@ class _Axes:
         lo, hi = self.ylim
         return self.y1 - (y - lo) / ((hi - lo) or 1.0) * (self.y1 - self.y0)
 
-    def legend(self, entries: Sequence[tuple[str, tuple[int, int, int]]]) -> None:
+    def legend(self, entries: Sequence[tuple[str, tuple[int, int, int]]], styles: Sequence[int] = ()) -> None:
+        """A box of ``(name, colour)`` entries; ``styles[i]`` indexes :data:`LINE_STYLES` (default solid)."""
         if not entries:
             return
         d = self.draw
@@ -113,8 +117,40 @@ class _Axes:
         d.rectangle([x, y, x + width, y + 8 + 18 * len(entries)], fill="white", outline=(160, 160, 160))
         for i, (name, colour) in enumerate(entries):
             yy = y + 6 + 18 * i
-            d.line([(x + 6, yy + 7), (x + 24, yy + 7)], fill=colour, width=3)
-            d.text((x + 28, yy), name, fill="black", font=self.small)
+            style = styles[i] if i < len(styles) else 0
+            _polyline(d, [(x + 4, yy + 7), (x + 26, yy + 7)], colour, 3, style)
+            _marker(d, x + 15, yy + 7, colour, style)
+            d.text((x + 30, yy), name, fill="black", font=self.small)
+
+
+def _polyline(d: ImageDraw.ImageDraw, xy: Sequence[tuple[float, float]], colour: tuple[int, int, int], width: int,
+              style: int) -> None:
+    """A line through ``xy``, solid or dashed as :data:`LINE_STYLES` ``[style]`` says (the dashes run on
+    across the vertices)."""
+    dash, gap, _ = LINE_STYLES[style]
+    if not dash:
+        d.line(list(xy), fill=colour, width=width)
+        return
+    phase = 0.0  # how far into the current dash + gap period the pen is
+    for (xa, ya), (xb, yb) in zip(xy, xy[1:]):
+        length, t = math.hypot(xb - xa, yb - ya), 0.0
+        while t < length:
+            step = min(length - t, (dash - phase) if phase < dash else (dash + gap - phase))
+            if phase < dash:
+                a, b = t / length, (t + step) / length
+                d.line([(xa + a * (xb - xa), ya + a * (yb - ya)), (xa + b * (xb - xa), ya + b * (yb - ya))],
+                       fill=colour, width=width)
+            t, phase = t + step, (phase + step) % (dash + gap)
+
+
+def _marker(d: ImageDraw.ImageDraw, x: float, y: float, colour: tuple[int, int, int], style: int) -> None:
+    shape = LINE_STYLES[style][2]
+    if shape == "square":
+        d.rectangle([x - 3, y - 3, x + 3, y + 3], fill=colour)
+    elif shape == "diamond":
+        d.polygon([(x, y - 4), (x + 4, y), (x, y + 4), (x - 4, y)], fill=colour)
+    else:
+        d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: str, xlabel: str,
@@ -125,16 +161,17 @@ def line_chart(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     ys = [p[1] for p in points] or [0.0, 1.0]
     pad = (max(ys) - min(ys)) * 0.05 or abs(max(ys)) * 0.05 or 1.0
     axes = _Axes(900, 520, title, xlabel, ylabel, (min(ys) - pad, max(ys) + pad), (min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1))
-    legend = []
+    legend, styles = [], []
     for i, (name, pts) in enumerate(series.items()):
-        colour = PALETTE[i % len(PALETTE)]
+        colour, style = PALETTE[i % len(PALETTE)], (i // len(PALETTE)) % len(LINE_STYLES)
         xy = [(axes.px(x), axes.py(y)) for x, y in pts if math.isfinite(y)]
         if len(xy) > 1:
-            axes.draw.line(xy, fill=colour, width=2)
+            _polyline(axes.draw, xy, colour, 2, style)
         for x, y in xy if len(xy) <= 30 else xy[-1:]:
-            axes.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            _marker(axes.draw, x, y, colour, style)
         legend.append((name, colour))
-    axes.legend(legend)
+        styles.append(style)
+    axes.legend(legend, styles)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes.img.save(path)
     return path
