@@ -404,7 +404,8 @@ def _check_posterior_family(cfg: dict[str, Any], registry: Registry, errors: lis
         return
     families = getattr(registry.get("aggregator", name).factory, "families", None)
     if families is not None and family not in families:
-        errors.append(f"model.posterior_family: aggregator '{name}' needs one of {', '.join(families)}, got '{family}'")
+        errors.append(f"model.posterior_family: aggregator '{name}' needs one of {', '.join(families)}, got '{family}' "
+                      f"(add model.posterior_family={next(iter(families))})")
 
 
 def resolve(raw: dict[str, Any], registry: Registry) -> dict[str, Any]:

@@ -335,7 +335,8 @@ def test_an_aggregator_refuses_a_posterior_family_it_cannot_combine(plugins, tmp
         build_model({**ok, "model": {**ok["model"], "posterior_family": "laplace"}}, plugins.registry, train_set.modalities)
 
     line = one_line_error(invoke("train", "--max-steps", "1", "--out", tmp_path / "run", *TINY, *mismatch))
-    assert line == "error: config: model.posterior_family: aggregator 'poe' needs one of gaussian, got 'laplace'"
+    assert line == ("error: config: model.posterior_family: aggregator 'poe' needs one of gaussian, got 'laplace' "
+                    "(add model.posterior_family=gaussian)")
     assert not (tmp_path / "run").exists()
 
 
