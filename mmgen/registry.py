@@ -83,9 +83,10 @@ class Registry:
     def merge(self, other: Registry) -> None:
         """Add every component of ``other``, or none of them: a name already taken here is an
         error (the first such, naming both plugins) that leaves this registry as it was."""
-        for component in other:
+        components = [c for of_kind in other._components.values() for c in of_kind.values()]  # as registered
+        for component in components:
             self._check_free(component)
-        for component in other:
+        for component in components:
             self._components[component.kind][component.name] = component
 
     def get(self, kind: str, name: str) -> Component:
@@ -104,6 +105,11 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         """Registered names of one kind, sorted."""
         return sorted(self._components[kind])
+
+    def registered(self, kind: str) -> list[str]:
+        """Registered names of one kind in the order they were registered: the built-in plugin's
+        first, each plugin's in the order its hook registered them."""
+        return list(self._components[kind])
 
     def __iter__(self):
         for kind in KINDS:

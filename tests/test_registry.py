@@ -65,3 +65,20 @@ def test_builtin_components_registered(plugins):
                      ("prior", "gaussian"), ("prior", "laplace"), ("inference", "amortized"), ("objective", "elbo")]:
         assert expected in names
     assert all(c.plugin == "builtin" for c in plugins.registry if c.name in ("moe", "conv"))
+
+
+def test_registration_order_is_kept_through_a_merge_and_orders_the_default_metrics(plugins):
+    """The default metrics were a list of built-in names in the engine; they are now the registered
+    ones in the order registered, which a merge (how each plugin's components join) must keep."""
+    from mmgen.evaluation import parse_metric_names
+
+    own = Registry()
+    register = own.make_register("metric", "p", "1")
+    for name in ("zeta", "alpha", "mu"):
+        register(name, make)
+    merged = Registry()
+    merged.merge(own)
+    assert merged.registered("metric") == ["zeta", "alpha", "mu"] and merged.names("metric") == ["alpha", "mu", "zeta"]
+    # The built-in plugin registers its metrics in the order mmgen evaluate runs and reports them.
+    assert parse_metric_names(None, plugins.registry)[:6] == ["cross_coherence", "joint_coherence", "fd", "fid",
+                                                              "probe", "nll"]

@@ -19,11 +19,11 @@ from mmgen.evaluation.context import CrossPass, EvalContext, JointPass, memoized
 from mmgen.evaluation.driver import EvalResult, evaluate, evaluate_during_training, evaluate_run, jsonable, write_report
 from mmgen.evaluation.metric import (Metric, MetricSkipped, Moments, accuracy, coherence_pairs, conditioning_subsets,
                                      frechet_distance, moments_distance, nanmean, warn_if_few_samples)
-from mmgen.evaluation.selection import (DEFAULT_METRICS, build_metrics, check_metric_names, metric_config,
+from mmgen.evaluation.selection import (build_metrics, check_metric_names, metric_config,
                                         metric_options_used, metric_output_shapes, metric_outputs,
                                         metric_presentation, parse_metric_names)
 
-__all__ = ["DEFAULT_METRICS", "CrossPass", "EvalContext", "EvalResult", "JointPass", "Metric", "MetricSkipped", "Moments",
+__all__ = ["CrossPass", "EvalContext", "EvalResult", "JointPass", "Metric", "MetricSkipped", "Moments",
            "accuracy", "build_metrics", "check_metric_names", "coherence_pairs", "conditioning_subsets", "evaluate",
            "evaluate_during_training", "evaluate_run", "frechet_distance", "jsonable", "memoized_encoders",
            "metric_config", "metric_options_used", "metric_output_shapes", "metric_outputs", "metric_presentation",

@@ -13,16 +13,12 @@ from mmgen.errors import MMGenError, did_you_mean
 from mmgen.evaluation.metric import Metric
 from mmgen.registry import Registry
 
-#: What ``mmgen evaluate`` runs when ``--metrics`` is not given, in this order (others on request).
-DEFAULT_METRICS = ("cross_coherence", "joint_coherence", "fd", "fid", "probe", "nll")
-
-
 def parse_metric_names(text: str | None, registry: Registry) -> list[str]:
-    """``"a,b"`` -> names, each checked against the registry (default: every registered metric)."""
+    """``"a,b"`` -> names, each checked against the registry (default: every registered metric, in
+    the order registered: the built-in plugin's first, as its hook lists them)."""
     available = registry.names("metric")
     if text is None:
-        ordered = [m for m in DEFAULT_METRICS if m in available]
-        return ordered + [m for m in available if m not in ordered]
+        return registry.registered("metric")
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:  # `--metrics ''` (an empty shell variable, say) ran every metric
         raise MMGenError(f"--metrics: no metric named in '{text}'; leave the option out for all, or name some of: "
