@@ -88,7 +88,7 @@ def nonfinite_report(model: MultimodalModel, step: _Pending) -> str:
         value = torch.as_tensor(value)
         if not torch.isfinite(value).all():
             kind = key.split("/")[0]
-            who = f"{kind} '{model.component_name(kind)}'" if "/" in key else "model"
+            who = model.component_label(kind) if "/" in key else "model"
             bad.append(f"{who}: {key}={float(value.float().mean())}")
     if not bad and not torch.isfinite(step.grad_norm):
         owners = sorted({o for o, ok in zip(step.grad_owners, step.grad_finite.tolist()) if not ok})

@@ -20,6 +20,7 @@ from mmgen.data import Batch, ModalitySpec, format_shape
 from mmgen.errors import MMGenError, PluginError
 from mmgen.latent import (Aggregator, Inference, InferenceResult, Objective, ObjectiveResult, Posterior, Prior,
                           PrivatePosterior)
+from mmgen.plugins import BUILTIN
 from mmgen.registry import Registry
 
 
@@ -170,6 +171,12 @@ class MultimodalModel(nn.Module):
         """The registry name a component was built from (for reports)."""
         return getattr(getattr(self, kind, None), "registry_name", kind)
 
+    def component_label(self, kind: str) -> str:
+        """How messages name a component: ``prior 'ebm'``, and ``prior 'vamp' (plugin 'mmgen-vamp')``
+        for a third-party plugin's, whose author is the one to tell."""
+        plugin = getattr(getattr(self, kind, None), "registry_plugin", None)
+        return f"{kind} '{self.component_name(kind)}'" + (f" (plugin '{plugin}')" if plugin not in (None, BUILTIN) else "")
+
     def param_groups(self) -> list[dict[str, Any]]:
         """The prior's own groups (own learning rate, betas) and one group for the rest."""
         prior_groups = self.prior.param_groups()
@@ -274,9 +281,7 @@ def check_component_outputs(model: MultimodalModel, batch: Batch) -> None:
     b, d, m = len(batch), model.latent_dim, model.num_modalities
 
     def who(kind: str) -> str:
-        comp = getattr(model, kind)
-        plugin = getattr(comp, "registry_plugin", None)
-        return f"model.{kind}: {kind} '{model.component_name(kind)}'" + (f" (plugin '{plugin}')" if plugin else "")
+        return f"model.{kind}: {model.component_label(kind)}"
 
     agg = model.aggregator
     c = agg.cover.size(0)

@@ -216,7 +216,8 @@ def test_nan_policy_stop_names_step_component_and_statistic(tmp_path, tiny_overr
     assert result.exit_code == 2
     msg = " ".join(result.output.split())
     assert "non-finite value at step 3 (epoch 0)" in msg
-    assert "prior 'nan-ebm': prior/f_neg=nan" in msg and "Traceback" not in msg
+    # A third-party plugin's component is named with its plugin (the built-in ones without).
+    assert "prior 'nan-ebm' (plugin 'tests.plugins.nan_plugin'): prior/f_neg=nan" in msg and "Traceback" not in msg
 
 
 def test_nan_policy_skip_stops_when_a_whole_epoch_is_skipped(tmp_path, tiny_overrides):
