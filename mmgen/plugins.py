@@ -207,10 +207,12 @@ def _unknown_hooks(pm: pluggy.PluginManager) -> dict[str, list[str]]:
     return unknown
 
 
-def add_commands(plugins: Plugins, cli: Any) -> None:
+def add_commands(plugins: Plugins, cli: Any) -> list[tuple[str, str, str]]:
     """Let every plugin add its commands to ``cli`` (a Typer app). A plugin whose
     ``register_commands`` raises is recorded as broken and warned about, and the commands it
-    added before failing are taken out again; the other commands keep working."""
+    added before failing are taken out again; the other commands keep working. Returns what was
+    added: ``(plugin, command name, summary)`` (a group of commands under its group's name)."""
+    added = []
     for impl in plugins.manager.hook.register_commands.get_hookimpls():
         before = len(cli.registered_commands), len(cli.registered_groups)
         try:
@@ -219,3 +221,18 @@ def add_commands(plugins: Plugins, cli: Any) -> None:
             del cli.registered_commands[before[0]:], cli.registered_groups[before[1]:]
             _mark_broken(plugins.broken, impl.plugin_name, f"{type(exc).__name__} in register_commands: {exc}",
                          "failed to add its commands, which are skipped")
+            continue
+        for info in cli.registered_commands[before[0]:]:
+            callback = info.callback
+            name = info.name or (callback.__name__.replace("_", "-") if callback else "?")
+            added.append((impl.plugin_name, name, _first_line(info.help or (callback.__doc__ if callback else None))))
+        for group in cli.registered_groups[before[1]:]:
+            app_info = group.typer_instance.info if group.typer_instance else None
+            help_text = group.help or (app_info.help if app_info else None)
+            added.append((impl.plugin_name, group.name or (app_info.name if app_info else None) or "?",
+                          _first_line(help_text if isinstance(help_text, str) else None)))
+    return added
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0].strip()

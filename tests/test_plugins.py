@@ -75,6 +75,11 @@ def test_plugin_commands_are_added(example_installed):
     result = CliRunner().invoke(create_app(), ["example-prior-info", "--components", "4", "--dim", "3"])
     assert result.exit_code == 0, result.output
     assert "gmm prior: 24 parameters" in result.output
+    # `mmgen plugins` lists the commands plugins add, with their plugin (it listed components only).
+    listed = json.loads(CliRunner().invoke(create_app(), ["plugins", "--json"]).output)["components"]
+    commands = {(r["name"], r["plugin"]): r["summary"] for r in listed if r["kind"] == "command"}
+    assert commands[("example-prior-info", "example")].startswith("Print the example GMM prior's parameter count")
+    assert ("data", "builtin") in commands
 
 
 @pytest.mark.parametrize("args, error", [
