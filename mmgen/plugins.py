@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import warnings
 from collections.abc import Iterable
@@ -93,7 +94,7 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
             fail(name, str(exc))
             return False
         if name != BUILTIN:
-            _PLUGIN_MODULES[module.__name__] = name
+            _PLUGIN_MODULES[_module_name(module)] = name
         return True
 
     if entry_points:
@@ -134,6 +135,14 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
         except MMGenError as exc:
             fail(name, str(exc))
     return Plugins(pm, registry, versions, broken)
+
+
+def _module_name(plugin: object) -> str:
+    """The module a registered plugin's code lives in: the module itself, or the module that
+    defines it when an entry point names an object in one (``pkg:PLUGIN``, which pluggy accepts)."""
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    return str(getattr(plugin, "__module__", None) or type(plugin).__module__)
 
 
 def _plugin_of_module(module: str) -> str | None:

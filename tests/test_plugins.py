@@ -118,6 +118,36 @@ def test_broken_plugin_warns_once_and_everything_else_works(site):
     assert "moe" in result.stdout and "broken" in result.stdout
 
 
+def test_an_entry_point_naming_an_object_loads_and_its_code_is_blamed(site):
+    """pluggy registers any object with hook implementations (``pkg:PLUGIN``); recording the
+    plugin's module for error messages read ``PLUGIN.__name__``, an AttributeError that took every
+    command down."""
+    from mmgen.plugins import blame
+
+    fake_distribution(site, "mmgen-testplugin-obj", {"obj": "mmgen_testplugin_obj:PLUGIN"}, {"mmgen_testplugin_obj": """
+        from mmgen.hookspecs import hookimpl
+        class Plugin:
+            @hookimpl
+            def register_commands(self, cli):
+                @cli.command("obj-hello")
+                def hello():
+                    \"\"\"Say hello.\"\"\"
+            def fail(self):
+                raise RuntimeError("boom")
+        PLUGIN = Plugin()
+    """})
+    plugins = create_plugin_manager()
+    assert plugins.broken == {} and plugins.manager.has_plugin("obj")
+    import mmgen_testplugin_obj
+
+    with pytest.raises(RuntimeError) as info:
+        mmgen_testplugin_obj.PLUGIN.fail()
+    assert blame(info.value).plugin == "obj"
+    result = console_script(site, "plugins")
+    assert result.returncode == 0, result.stderr
+    assert "obj-hello" in result.stdout
+
+
 def test_duplicate_component_skips_the_later_plugin_whole_and_names_both(site):
     fake_distribution(site, "mmgen-testplugin-dup", {"dup": "mmgen_testplugin_dup"}, {"mmgen_testplugin_dup": """
         from mmgen.hookspecs import hookimpl
