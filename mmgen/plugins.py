@@ -31,6 +31,11 @@ BUILTIN = "builtin"  # the built-in components' entry point, loaded first
 #: exception raised in a plugin's code (or its submodules') can name the plugin (:func:`blame`).
 #: The built-in plugin is left out: an exception in its code is mmgen's own bug, with a traceback.
 _PLUGIN_MODULES: dict[str, str] = {}
+#: The package around a third-party plugin module that is not a package itself (``myplug`` for an
+#: entry point or ``plugins:`` entry ``myplug.plugin``) -> its plugin name, so that the plugin's
+#: code in sibling modules (``myplug.priors``) counts as the plugin's too; None where two plugins
+#: share the package (their sibling modules are then no one's). Never mmgen's own package.
+_PLUGIN_PACKAGES: dict[str, str | None] = {}
 TRACEBACK_ENV = "MMGEN_TRACEBACK"
 
 
@@ -94,7 +99,11 @@ def create_plugin_manager(extra_modules: Iterable[str] = (), entry_points: bool 
             fail(name, str(exc))
             return False
         if name != BUILTIN:
-            _PLUGIN_MODULES[_module_name(module)] = name
+            module_name = _module_name(module)
+            _PLUGIN_MODULES[module_name] = name
+            package = module_name.rpartition(".")[0]
+            if package and not hasattr(module, "__path__") and package.split(".")[0] != "mmgen":
+                _PLUGIN_PACKAGES[package] = name if _PLUGIN_PACKAGES.get(package, name) == name else None
         return True
 
     if entry_points:
@@ -146,9 +155,12 @@ def _module_name(plugin: object) -> str:
 
 
 def _plugin_of_module(module: str) -> str | None:
-    for prefix, plugin in _PLUGIN_MODULES.items():
-        if module == prefix or module.startswith(prefix + "."):
-            return plugin
+    """The plugin whose code ``module`` is: under a plugin's module first, else under the package
+    around one (the most specific match of each)."""
+    for table in (_PLUGIN_MODULES, _PLUGIN_PACKAGES):
+        matches = [prefix for prefix in table if module == prefix or module.startswith(prefix + ".")]
+        if matches:
+            return table[max(matches, key=len)]
     return None
 
 

@@ -148,6 +148,28 @@ def test_an_entry_point_naming_an_object_loads_and_its_code_is_blamed(site):
     assert "obj-hello" in result.stdout
 
 
+def test_a_plugin_modules_sibling_modules_are_the_plugins_code(site):
+    """An entry point (or ``plugins:`` entry) ``pkg.plugin`` whose components live in ``pkg.priors``:
+    an exception raised there named no plugin (only ``pkg.plugin`` and its submodules counted), so
+    the command ended in a traceback instead of the one line."""
+    from mmgen.plugins import blame
+
+    package = site / "mmgen_testplugin_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "priors.py").write_text("def sample():\n    raise RuntimeError('boom')\n")
+    (package / "plugin.py").write_text("from mmgen.hookspecs import hookimpl\nfrom mmgen_testplugin_pkg import priors\n"
+                                       "@hookimpl\ndef register_priors(register):\n    pass\n")
+    fake_distribution(site, "mmgen-testplugin-pkg", {"pkg": "mmgen_testplugin_pkg.plugin"})
+    assert "pkg" in create_plugin_manager().versions
+    from mmgen_testplugin_pkg import priors
+
+    with pytest.raises(RuntimeError) as info:
+        priors.sample()
+    where = blame(info.value)
+    assert where is not None and (where.plugin, where.function) == ("pkg", "sample")
+
+
 def test_duplicate_component_skips_the_later_plugin_whole_and_names_both(site):
     fake_distribution(site, "mmgen-testplugin-dup", {"dup": "mmgen_testplugin_dup"}, {"mmgen_testplugin_dup": """
         from mmgen.hookspecs import hookimpl
