@@ -137,6 +137,25 @@ def test_results_tex_sets_greek_letters_and_relations_as_math():
     assert latex_escape("µ ± 2² é") == "µ ± 2² é"  # Latin-1: LaTeX's UTF-8 input has these
 
 
+def test_results_tex_sets_only_greek_letters_latex_has_macros_for():
+    """Every character Unicode names "GREEK SMALL/CAPITAL LETTER X" became \\x: the archaic
+    digamma, koppa, sampi, heta, san, ... gave \\digamma, \\koppa, ..., undefined control sequences
+    that stop pdflatex. They pass as other characters do."""
+    import re
+    import unicodedata
+
+    from mmgen.bench.report import latex_escape
+
+    letters = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau "
+               "upsilon phi chi psi omega").split()
+    defined = {*letters, *(w.capitalize() for w in letters), "varsigma", "vartheta", "varpi", "varrho"}
+    for cp in range(0x370, 0x400):
+        for macro in re.findall(r"\\([A-Za-z]+)", latex_escape(chr(cp))):
+            assert macro in defined, (hex(cp), unicodedata.name(chr(cp), "?"), macro)
+    assert latex_escape("ϝ ϟ ͱ") == "ϝ ϟ ͱ"
+    assert latex_escape("Ω ω Υ") == r"$\Omega$ $\omega$ $\Upsilon$"
+
+
 def test_a_cells_std_has_the_decimals_of_its_mean():
     """A table cell is pasted into papers: "620.3 ± 4.245" mixed 1 and 3 decimals."""
     from mmgen.bench.report import Cell, fmt_cell

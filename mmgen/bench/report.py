@@ -543,6 +543,10 @@ _LATEX_MATH = {"→": r"\to", "←": r"\leftarrow", "↔": r"\leftrightarrow", "
 #: Greek capitals that look like Latin ones have no macro of their own.
 _GREEK_LATIN = {"alpha": "A", "beta": "B", "epsilon": "E", "zeta": "Z", "eta": "H", "iota": "I", "kappa": "K",
                 "mu": "M", "nu": "N", "omicron": "O", "rho": "P", "tau": "T", "chi": "X"}
+#: The letters of the Greek alphabet, which TeX has macros for (archaic ones, digamma, koppa, sampi,
+#: heta, san, ..., have none in plain LaTeX: they pass as other characters do).
+_GREEK_LETTERS = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+                  "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"}
 
 
 def _latex_math(ch: str) -> str | None:
@@ -553,6 +557,8 @@ def _latex_math(ch: str) -> str | None:
     if not match:
         return None
     letter = {"lamda": "lambda"}.get(match[3].lower(), match[3].lower())
+    if letter not in _GREEK_LETTERS:
+        return None
     if match[1] == "CAPITAL":
         return _GREEK_LATIN.get(letter, "\\" + letter.capitalize())
     return "o" if letter == "omicron" else "\\varsigma" if match[2] else "\\" + letter
