@@ -251,6 +251,29 @@ runs: [{name: a, recipe: mmvae, config: run.yaml}]
                                                          ("test_rec_error/mean", "higher")]
 
 
+def test_a_plugin_metrics_malformed_headlines_are_one_line_errors_before_anything_runs(monkeypatch):
+    """headlines = ("accuracy", "acc") (one pair, not a tuple of pairs) was a traceback (too many values
+    to unpack) from the bench's plan; a headline key the metric never reports, a column empty in every
+    run, found only after training."""
+    from mmgen.evaluation import Metric, metric_presentation
+    from mmgen.registry import Registry
+
+    class Acc(Metric):
+        outputs = ("accuracy",)
+        headlines = ("accuracy", "acc")
+
+    registry = Registry()
+    registry.make_register("metric", "mine", "1.0")("acc", Acc)
+    with pytest.raises(MMGenError, match=r"metric 'acc' \(plugin 'mine'\): headlines must be \(key, label\) pairs"):
+        metric_presentation(registry, "acc")
+    monkeypatch.setattr(Acc, "headlines", (("acuracy", "acc"),))
+    with pytest.raises(MMGenError, match="headline 'acuracy' names no output \\(did you mean 'accuracy'\\?\\); "
+                                         "it reports: accuracy"):
+        metric_presentation(registry, "acc")
+    monkeypatch.setattr(Acc, "headlines", (("accuracy", "acc"),))
+    assert metric_presentation(registry, "acc") == ((("accuracy", "acc"),), "higher")
+
+
 def test_column_indices_are_checked_against_the_number_of_modalities(tmp_path):
     # The tiny bench has 2 modalities: mean_by_size has one entry (|S| = 1), the matrix is 2 x 2.
     columns = ("cross_coherence/mean_by_size/0, cross_coherence/mean_by_size/7, cross_coherence/matrix_1to1/1/0, "

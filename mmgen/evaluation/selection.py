@@ -46,12 +46,23 @@ def metric_presentation(registry: Registry, name: str) -> tuple[tuple[tuple[str,
     """How a bench table shows metric ``name``: its headline ``(key, label)`` pairs
     (:attr:`Metric.headlines`; empty: every number it reports) and which way is better
     (:attr:`Metric.better`)."""
-    factory = registry.get("metric", name).factory
-    headlines = tuple((str(k), str(label)) for k, label in (getattr(factory, "headlines", ()) or ()))
+    component = registry.get("metric", name)
+    factory, who = component.factory, f"metric '{name}' (plugin '{component.plugin}')"
+    declared = getattr(factory, "headlines", ()) or ()
+    if isinstance(declared, (str, bytes)) or not all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)
+            for pair in declared):
+        raise MMGenError(f"{who}: headlines must be (key, label) pairs, e.g. (('accuracy', 'latent probe'),), "
+                         f"got {declared!r}")
+    headlines = tuple((k, label) for k, label in declared)
+    outputs = metric_outputs(registry, name)
+    for key, _ in headlines:  # a headline its metric never reports would be a column empty in every run
+        if outputs and key.split("/")[0] not in outputs:
+            raise MMGenError(f"{who}: headline '{key}' names no output{did_you_mean(key.split('/')[0], outputs)}; "
+                             f"it reports: {', '.join(outputs)}")
     better = getattr(factory, "better", "higher")
     if better not in ("higher", "lower"):
-        raise MMGenError(f"metric '{name}' (plugin '{registry.get('metric', name).plugin}'): better must be "
-                         f"'higher' or 'lower', got {better!r}")
+        raise MMGenError(f"{who}: better must be 'higher' or 'lower', got {better!r}")
     return headlines, better
 
 
