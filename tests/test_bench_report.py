@@ -63,7 +63,8 @@ def test_results_tex_is_the_table_as_latex_with_its_provenance(tmp_path):
     """results.tex: the results.md table as a booktabs LaTeX table, special characters escaped, the
     best mean in bold; results.md and results.tex end with what made them."""
     from mmgen import __version__
-    from mmgen.bench.report import latex, provenance
+    from mmgen.bench.latex import latex
+    from mmgen.bench.report import provenance
 
     columns = [Column("cross_coherence/mean_1to1", "cross 1→1", "higher"), Column("fd/unconditional_mean", "FD_joint", "lower")]
     runs = [fake_run(tmp_path, "ebm_a", 0, {"cross_coherence": {"mean_1to1": 0.5}, "fd": {"unconditional_mean": 110.0}}),
@@ -121,7 +122,7 @@ def test_provenance_names_no_commit_for_an_install_inside_another_checkout(tmp_p
 
 def test_results_tex_escapes_what_the_default_font_encoding_sets_as_other_characters():
     """A column label "FD <joint> | x" came out of pdflatex as "FD ¡joint¿ — x" (OT1 encoding)."""
-    from mmgen.bench.report import latex_escape
+    from mmgen.bench.latex import latex_escape
 
     assert latex_escape("FD <joint> | x") == r"FD \textless{}joint\textgreater{} \textbar{} x"
     assert latex_escape("a_b & {c}") == r"a\_b \& \{c\}"
@@ -129,7 +130,7 @@ def test_results_tex_escapes_what_the_default_font_encoding_sets_as_other_charac
 
 def test_results_tex_sets_greek_letters_and_relations_as_math():
     """pdflatex stopped at a label with a Greek letter ("Unicode character α not set up for use with LaTeX")."""
-    from mmgen.bench.report import latex_escape
+    from mmgen.bench.latex import latex_escape
 
     assert latex_escape("β-ELBO, σ ≤ 1") == r"$\beta$-ELBO, $\sigma$ $\leq$ 1"
     assert latex_escape("αβ ΛΑΣ ς") == r"$\alpha\beta$ $\Lambda A\Sigma$ $\varsigma$"  # a run of letters: one $...$
@@ -144,7 +145,7 @@ def test_results_tex_sets_only_greek_letters_latex_has_macros_for():
     import re
     import unicodedata
 
-    from mmgen.bench.report import latex_escape
+    from mmgen.bench.latex import latex_escape
 
     letters = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi pi rho sigma tau "
                "upsilon phi chi psi omega").split()
