@@ -339,7 +339,19 @@ def test_engine_imports_no_builtin_component():
 FAULTY = "plugins=[tests.plugins.faulty_plugin]"
 
 
-def test_an_exception_in_a_plugins_code_is_one_line_naming_the_plugin(tiny_overrides, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory):
+    """A one-step run with the faulty plugin loaded (its components unused): what its metric evaluates."""
+    from .conftest import TINY
+
+    run = tmp_path_factory.mktemp("faulty") / "run"
+    ok = CliRunner().invoke(create_app(with_plugin_commands=False),
+                            ["train", "--out", str(run), "--max-steps", "1", *TINY, FAULTY])
+    assert ok.exit_code == 0, ok.output
+    return run
+
+
+def test_an_exception_in_a_plugins_code_is_one_line_naming_the_plugin(tiny_overrides, tmp_path, monkeypatch, faulty_run):
     # A dataset factory (or any component) that raises in the plugin's own code: one line naming the
     # plugin, the exception and the plugin's line, exit 1 -- not a traceback through mmgen's loop.
     args = ["train", "--out", str(tmp_path / "run"), "--max-steps", "1", *tiny_overrides, FAULTY,
@@ -352,12 +364,8 @@ def test_an_exception_in_a_plugins_code_is_one_line_naming_the_plugin(tiny_overr
                                "annotations (in faulty_dataset, ")
     assert "faulty_plugin.py:" in lines[0] and lines[0].endswith("set MMGEN_TRACEBACK=1 for the traceback")
     # A metric that raises during `mmgen evaluate`, the same way.
-    run = tmp_path / "ok"
-    ok = CliRunner().invoke(create_app(with_plugin_commands=False),
-                            ["train", "--out", str(run), "--max-steps", "1", *tiny_overrides, FAULTY])
-    assert ok.exit_code == 0, ok.output
     result = CliRunner().invoke(create_app(with_plugin_commands=False),
-                                ["evaluate", str(run), "--metrics", "faulty", "faulty.fault=raise", "--no-figures"])
+                                ["evaluate", str(faulty_run), "--metrics", "faulty", "faulty.fault=raise", "--no-figures"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "error: plugin 'tests.plugins.faulty_plugin' failed: ZeroDivisionError: no test tuples (in __call__, " \
         in result.output
@@ -400,13 +408,9 @@ def test_a_component_breaking_its_contract_is_named_before_training(tiny_overrid
     assert len(lines) == 1 and lines[0].startswith("error: model.") and lines[0].endswith(message), lines
 
 
-def test_a_metric_returning_no_dict_is_named(tiny_overrides, tmp_path):
-    run = tmp_path / "run"
-    ok = CliRunner().invoke(create_app(with_plugin_commands=False),
-                            ["train", "--out", str(run), "--max-steps", "1", *tiny_overrides, FAULTY])
-    assert ok.exit_code == 0, ok.output
+def test_a_metric_returning_no_dict_is_named(faulty_run):
     result = CliRunner().invoke(create_app(with_plugin_commands=False),
-                                ["evaluate", str(run), "--metrics", "faulty", "faulty.fault=not_dict", "--no-figures"])
+                                ["evaluate", str(faulty_run), "--metrics", "faulty", "faulty.fault=not_dict", "--no-figures"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1] == ("error: metric 'faulty' (plugin 'tests.plugins.faulty_plugin') "
                                                       "must return a dict of {key: value}; got a list")
